@@ -1,0 +1,109 @@
+"""post_gen_project hook: finish the project on disk. Offline, fast and idempotent:
+running it again over the same project changes nothing the user made.
+
+Reads as a decision table: main() calls one small named helper per decision.
+"""
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
+
+sys.path.insert(0, ANSWERS["_repo_dir"] + "/hooks")
+
+import template_rules  # noqa: E402
+
+PROJECT = Path.cwd()
+
+# Host directories bind-mounted into the container. They must exist before the first
+# `docker compose up`, or Docker creates them owned by root and the container user
+# cannot write to them. Their contents are the user's and are never overwritten.
+USER_DIRS = ("src", "notebooks", "data", "cache")
+# Directories whose contents are git-ignored (datasets, framework and package caches).
+UNTRACKED_DIRS = ("data", "cache")
+
+
+def remove(*names: str) -> None:
+    for name in names:
+        path = PROJECT / name
+        if path.is_file():
+            path.unlink()
+
+
+def remove_other_managers_files(manager: str) -> None:
+    """Keep only the chosen dependency manager's input and lock files."""
+    keep = set(template_rules.MANAGER_FILES[manager])
+    for other, files in template_rules.MANAGER_FILES.items():
+        if other != manager:
+            remove(*(name for name in files if name not in keep))
+
+
+def create_user_dirs() -> None:
+    for name in USER_DIRS:
+        (PROJECT / name).mkdir(exist_ok=True)
+    for name in UNTRACKED_DIRS:
+        ignore = PROJECT / name / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("# Contents stay on this machine: not for git.\n*\n!.gitignore\n", encoding="utf-8")
+
+
+def write_env_file() -> bool:
+    """.env = .env.example with a fresh Jupyter token. Kept if it exists (its token is
+    the user's), private to the user (mode 600). Returns True when written."""
+    env = PROJECT / ".env"
+    if env.exists():
+        return False
+    token = secrets.token_urlsafe(32)
+    lines = []
+    for line in (PROJECT / ".env.example").read_text(encoding="utf-8").splitlines():
+        lines.append(f"JUPYTER_TOKEN={token}" if line == "JUPYTER_TOKEN=" else line)
+    fd = os.open(env, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return True
+
+
+def hand_over_to_configured_user(uid: int, gid: int) -> None:
+    """When root generates the project for another user (sudo, a shared server), give
+    the tree to that user, as if they had generated it: the container user (same ids)
+    must be able to write into the bind mounts."""
+    if getattr(os, "geteuid", lambda: -1)() != 0 or (uid, gid) == (0, 0):
+        return
+    for root, dirs, files in os.walk(PROJECT):
+        for name in [root, *(os.path.join(root, entry) for entry in dirs + files)]:
+            os.lchown(name, uid, gid)
+
+
+def print_next_steps(env_written: bool) -> None:
+    host_port = ANSWERS["jupyter_host_port"]
+    slug = ANSWERS["project_slug"]
+    note = "" if env_written else "  (.env existed and was kept, token included)\n"
+    print(
+        f"""
+Project written to ./{slug}
+{note}
+Next steps:
+  cd {slug}
+  docker compose up --build -d        # GPU host (needs the NVIDIA Container Toolkit)
+  COMPOSE_FILE=compose.yaml docker compose up --build -d    # machine without a GPU
+  docker compose exec lab python gpu_test.py
+
+Jupyter: http://127.0.0.1:{host_port}/lab?token=<JUPYTER_TOKEN from .env>
+The NVIDIA driver on the host must be >= {ANSWERS['__min_driver']} (nvidia-smi shows it).
+"""
+    )
+
+
+def main() -> None:
+    remove_other_managers_files(ANSWERS["dependency_manager"])
+    create_user_dirs()
+    env_written = write_env_file()
+    hand_over_to_configured_user(int(ANSWERS["uid"]), int(ANSWERS["gid"]))
+    print_next_steps(env_written)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""The template's rules: the compatibility table, values derived from the answers,
+validation of the answers, and defaults read from the host.
+
+Shared by the hooks, the Jinja extension (``local_extensions.py``), the maintenance
+scripts and the tests, so each rule is written once. Needs only the standard library
+and PyYAML, which cookiecutter itself depends on, so it runs wherever cookiecutter does.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import re
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+TABLE_PATH = REPO_DIR / "compat.yaml"
+# Pre-resolved locks, one folder per combination; included into the project by Jinja.
+LOCKS_DIR = REPO_DIR / "templates" / "locks"
+
+# The files each dependency manager owns in a generated project: (input, lock).
+MANAGER_FILES = {
+    "uv": ("pyproject.toml", "uv.lock"),
+    "pip": ("requirements.in", "requirements.txt"),
+    "poetry": ("pyproject.toml", "poetry.lock"),
+}
+
+# Ids that exist in every base image and must not be renamed to the project's user.
+RESERVED_IDS = {0: "root", 65534: "nobody / nogroup"}
+MAX_ID = 4294967294  # 2**32 - 2: (uid_t)-1 means "no change" to chown
+SLUG_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
+INT_RE = re.compile(r"[0-9]+\Z")
+
+
+@lru_cache(maxsize=None)
+def load_table(path: Path = TABLE_PATH) -> dict:
+    """The compatibility table (compat.yaml) as plain data."""
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+# ---------------------------------------------------------------------------------------
+# Labels for the prompts
+# ---------------------------------------------------------------------------------------
+
+
+def cuda_label(table: dict, cuda: str) -> str:
+    return f"CUDA {cuda} (NVIDIA driver >= {table['cuda'][cuda]['min_driver']})"
+
+
+def python_label(table: dict, python: str) -> str:
+    return f"Python {python} (Ubuntu {table['python'][python]['ubuntu']} base image)"
+
+
+# ---------------------------------------------------------------------------------------
+# Derived values
+# ---------------------------------------------------------------------------------------
+
+
+def lock_key(framework: str, cuda: str, python: str, manager: str) -> str:
+    """Name of the folder holding the shipped lock for one combination."""
+    return f"{framework}-cu{cuda.replace('.', '')}-py{python}-{manager}"
+
+
+def next_minor(version: str) -> str:
+    major, minor = version.split(".")[:2]
+    return f"{major}.{int(minor) + 1}"
+
+
+def derive(answers: dict, table: dict | None = None) -> dict:
+    """Values computed once from the answers; empty strings where an answer is invalid
+    (the pre-generation hook then refuses it with a message, see ``validate``)."""
+    table = table or load_table()
+    framework = table["frameworks"].get(answers.get("framework"), {})
+    cuda = table["cuda"].get(answers.get("cuda_version"), {})
+    python = table["python"].get(answers.get("python_version"), {})
+    build = framework.get("cuda", {}).get(answers.get("cuda_version"), {})
+    slug = str(answers.get("project_slug", ""))
+    derived = {
+        "dist_name": slug.replace("_", "-"),
+        "image_name": f"{slug}:dev" if slug else "",
+        "min_driver": cuda.get("min_driver", ""),
+        "base_image": "",
+        "requires_python": "",
+        "lock_key": "",
+        "wheel_index": build.get("index_url", ""),
+    }
+    if cuda and python:
+        derived["base_image"] = (
+            f"nvidia/cuda:{cuda['image_version']}-{table['image_flavour']}-ubuntu{python['ubuntu']}"
+        )
+    if framework and python:
+        derived["requires_python"] = (
+            f">={answers['python_version']},<{next_minor(framework['python_max'])}"
+        )
+    if framework and cuda and python and answers.get("dependency_manager") in MANAGER_FILES:
+        derived["lock_key"] = lock_key(
+            answers["framework"],
+            answers["cuda_version"],
+            answers["python_version"],
+            answers["dependency_manager"],
+        )
+    return derived
+
+
+def shipped_lock(key: str, manager: str) -> Path:
+    return LOCKS_DIR / key / MANAGER_FILES[manager][1]
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One refused answer: which field, the value given, why, and what would work."""
+
+    field: str
+    value: object
+    why: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"ERROR: {self.field} = {self.value!r}: {self.why}\n  Fix: {self.fix}"
+
+
+def _parse_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and INT_RE.match(value):
+        return int(value)
+    return None
+
+
+def _check_port(field: str, value: object, low: int, why_low: str) -> list[Problem]:
+    port = _parse_int(value)
+    if port is None or not 1 <= port <= 65535:
+        return [Problem(field, value, "a port is a whole number from 1 to 65535", f"answer e.g. {load_table()['defaults'][field]}")]
+    if port < low:
+        return [Problem(field, value, why_low, f"use a port from {low} to 65535, e.g. {load_table()['defaults'][field]}")]
+    return []
+
+
+def _check_id(field: str, value: object) -> list[Problem]:
+    number = _parse_int(value)
+    what = "user" if field == "uid" else "group"
+    host_cmd = "id -u" if field == "uid" else "id -g"
+    if number is None or number > MAX_ID:
+        return [Problem(field, value, f"a {what} id is a whole number from 1 to {MAX_ID}", f"answer the output of `{host_cmd}` on the host")]
+    if number in RESERVED_IDS:
+        return [
+            Problem(
+                field,
+                value,
+                f"{number} is {RESERVED_IDS[number]} in every base image; the container user must be an ordinary {what}",
+                f"answer the output of `{host_cmd}` as your normal user, or 1000",
+            )
+        ]
+    return []
+
+
+def _check_names(answers: dict) -> list[Problem]:
+    problems = []
+    name = answers.get("project_name")
+    if not isinstance(name, str) or not name.strip() or not name.isprintable():
+        problems.append(Problem("project_name", name, "the name must be non-empty printable text", "answer e.g. 'GPU Lab'"))
+    slug = answers.get("project_slug")
+    if not isinstance(slug, str) or not SLUG_RE.match(slug):
+        problems.append(
+            Problem(
+                "project_slug",
+                slug,
+                "the slug names the directory, the Python package, the compose project and the image, "
+                "so it must start with a lowercase letter and hold only lowercase letters, digits and '_'",
+                "answer e.g. 'gpu_lab'",
+            )
+        )
+    elif keyword.iskeyword(slug) or slug in sys.stdlib_module_names:
+        problems.append(
+            Problem(
+                "project_slug",
+                slug,
+                "it is a Python keyword or a standard-library module, so `import` would pick the wrong one",
+                f"answer e.g. '{slug}_project'",
+            )
+        )
+    elif len(slug) > 60:
+        problems.append(Problem("project_slug", slug, "it is longer than 60 characters", "answer a shorter slug"))
+    return problems
+
+
+def _check_choice(table: dict, field: str, section: dict, value: object) -> list[Problem]:
+    if value in section:
+        return []
+    return [Problem(field, value, "not a choice this template offers", f"answer one of: {', '.join(section)}")]
+
+
+def _check_combination(table: dict, answers: dict) -> list[Problem]:
+    framework_name = answers["framework"]
+    framework = table["frameworks"][framework_name]
+    cuda, python = answers["cuda_version"], answers["python_version"]
+    if cuda not in framework["cuda"]:
+        return [
+            Problem(
+                "cuda_version",
+                cuda,
+                f"{framework['label']} {framework_version(framework)} has no CUDA {cuda} build",
+                f"answer one of: {', '.join(framework['cuda'])}",
+            )
+        ]
+    problems = []
+    if not _version_tuple(framework["python_min"]) <= _version_tuple(python) <= _version_tuple(framework["python_max"]):
+        problems.append(
+            Problem(
+                "python_version",
+                python,
+                f"{framework['label']} {framework_version(framework)} supports Python {framework['python_min']} to {framework['python_max']}",
+                f"answer one of: {', '.join(p for p in table['python'] if _version_tuple(framework['python_min']) <= _version_tuple(p) <= _version_tuple(framework['python_max']))}",
+            )
+        )
+    ubuntu = table["python"][python]["ubuntu"]
+    if ubuntu not in table["cuda"][cuda]["ubuntu"]:
+        problems.append(
+            Problem(
+                "python_version",
+                python,
+                f"nvidia/cuda publishes no CUDA {cuda} image for Ubuntu {ubuntu}",
+                f"answer a Python whose Ubuntu is one of: {', '.join(table['cuda'][cuda]['ubuntu'])}",
+            )
+        )
+    if problems:
+        return problems
+    manager = answers["dependency_manager"]
+    key = lock_key(framework_name, cuda, python, manager)
+    if not shipped_lock(key, manager).is_file():
+        offered = sorted(path.name for path in LOCKS_DIR.iterdir()) if LOCKS_DIR.is_dir() else []
+        problems.append(
+            Problem(
+                "framework / cuda_version / python_version / dependency_manager",
+                f"{framework_name}, {cuda}, {python}, {manager}",
+                "this combination is not built yet in this version of the template (no lock is shipped for it)",
+                f"choose one of the combinations that are: {', '.join(offered) or 'none'}",
+            )
+        )
+    return problems
+
+
+def framework_version(framework: dict) -> str:
+    """The framework's own version: the first pinned package (torch, tensorflow)."""
+    return next(iter(framework["packages"].values()))
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def validate(answers: dict, table: dict | None = None) -> list[Problem]:
+    """Every problem with the answers; an empty list means generation may go on."""
+    table = table or load_table()
+    problems = _check_names(answers)
+    problems += _check_port(
+        "jupyter_host_port",
+        answers.get("jupyter_host_port"),
+        1,
+        "",
+    )
+    problems += _check_port(
+        "jupyter_container_port",
+        answers.get("jupyter_container_port"),
+        1024,
+        "Jupyter runs as a non-root user inside the container, and ports below 1024 need privileges on some engines",
+    )
+    problems += _check_id("uid", answers.get("uid"))
+    problems += _check_id("gid", answers.get("gid"))
+    choices = [
+        _check_choice(table, "framework", table["frameworks"], answers.get("framework")),
+        _check_choice(table, "cuda_version", table["cuda"], answers.get("cuda_version")),
+        _check_choice(table, "python_version", table["python"], answers.get("python_version")),
+        _check_choice(table, "dependency_manager", table["dependency_managers"], answers.get("dependency_manager")),
+    ]
+    for found in choices:
+        problems += found
+    if not any(choices):
+        problems += _check_combination(table, answers)
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
+# Host defaults
+# ---------------------------------------------------------------------------------------
+
+
+def host_ids() -> tuple[int, int]:
+    """The generating user's uid and gid, so bind-mounted files belong to them.
+
+    1000 (the first ordinary user on most Linux systems) where the ids are unknown
+    (Windows) or root's: a container user must not be root.
+    """
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:
+        return 1000, 1000
+    uid, gid = getuid(), os.getgid()
+    return (uid if uid not in RESERVED_IDS else 1000), (gid if gid not in RESERVED_IDS else 1000)

@@ -1,0 +1,23 @@
+"""Jinja extension that gives templates the values derived from the answers.
+
+cookiecutter.json computes each private ``__`` variable once with the ``derived``
+filter, e.g. ``"__base_image": "{{ cookiecutter | derived('base_image') }}"``; the rule
+behind every value lives in hooks/template_rules.py, next to the compatibility table.
+"""
+
+import sys
+from pathlib import Path
+
+from jinja2.ext import Extension
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "hooks"))
+
+import template_rules  # noqa: E402
+
+
+class TemplateRules(Extension):
+    def __init__(self, environment):
+        super().__init__(environment)
+        environment.filters["derived"] = lambda answers, key: template_rules.derive(dict(answers))[key]
+        # The table itself, for blocks that list its facts (pinned packages, platforms).
+        environment.globals["compat"] = template_rules.load_table()

@@ -1,0 +1,17 @@
+# Jupyter server settings for the container (installed in /opt/venv/etc/jupyter).
+# The token comes from JUPYTER_TOKEN and the port from JUPYTER_PORT (compose sets
+# both from .env); Jupyter refuses every request without the token.
+import os
+
+c = get_config()  # noqa: F821 (provided by Jupyter when it loads this file)
+
+# All interfaces inside the container, so Docker can forward the port; compose
+# publishes it on the host's 127.0.0.1 only.
+c.ServerApp.ip = "0.0.0.0"
+c.ServerApp.open_browser = False
+c.ServerApp.root_dir = "/workspace"
+# Print the address to open on the host, not the container's port.
+if os.environ.get("JUPYTER_HOST_PORT"):
+    c.ServerApp.custom_display_url = f"http://127.0.0.1:{os.environ['JUPYTER_HOST_PORT']}/lab"
+# New notebooks start on the project's kernel.
+c.MappingKernelManager.default_kernel_name = "{{ cookiecutter.project_slug }}"
