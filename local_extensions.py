@@ -1,8 +1,9 @@
-"""Jinja extension that gives templates the values derived from the answers.
+"""Jinja extension: values derived from the answers, and defaults read from the host.
 
 cookiecutter.json computes each private ``__`` variable once with the ``derived``
 filter, e.g. ``"__base_image": "{{ cookiecutter | derived('base_image') }}"``; the rule
 behind every value lives in hooks/template_rules.py, next to the compatibility table.
+The uid/gid questions default to ``host_uid()`` / ``host_gid()``: the generating user.
 """
 
 import sys
@@ -19,5 +20,8 @@ class TemplateRules(Extension):
     def __init__(self, environment):
         super().__init__(environment)
         environment.filters["derived"] = lambda answers, key: template_rules.derive(dict(answers))[key]
+        # Defaults for the uid/gid questions: the generating user's ids.
+        environment.globals["host_uid"] = lambda: template_rules.host_ids()[0]
+        environment.globals["host_gid"] = lambda: template_rules.host_ids()[1]
         # The table itself, for blocks that list its facts (pinned packages, platforms).
         environment.globals["compat"] = template_rules.load_table()

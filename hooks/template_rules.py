@@ -301,11 +301,12 @@ def validate(answers: dict, table: dict | None = None) -> list[Problem]:
 def host_ids() -> tuple[int, int]:
     """The generating user's uid and gid, so bind-mounted files belong to them.
 
-    1000 (the first ordinary user on most Linux systems) where the ids are unknown
-    (Windows) or root's: a container user must not be root.
+    The table's defaults (1000, the first ordinary user on most Linux systems) where
+    the ids are unknown (Windows) or root's: a container user must not be root.
     """
+    defaults = load_table()["defaults"]
     getuid = getattr(os, "getuid", None)
     if getuid is None:
-        return 1000, 1000
+        return defaults["uid"], defaults["gid"]
     uid, gid = getuid(), os.getgid()
-    return (uid if uid not in RESERVED_IDS else 1000), (gid if gid not in RESERVED_IDS else 1000)
+    return (uid if uid not in RESERVED_IDS else defaults["uid"]), (gid if gid not in RESERVED_IDS else defaults["gid"])

@@ -34,9 +34,9 @@ def build(table: dict) -> dict:
         "python_version": first(defaults["python_version"], table["python"]),
         "jupyter_host_port": defaults["jupyter_host_port"],
         "jupyter_container_port": defaults["jupyter_container_port"],
-        # hooks/pre_prompt.py replaces these with the generating user's ids.
-        "uid": defaults["uid"],
-        "gid": defaults["gid"],
+        # The generating user's ids (local_extensions.py), so bind-mounted files are theirs.
+        "uid": "{{ host_uid() }}",
+        "gid": "{{ host_gid() }}",
         "dependency_manager": first(defaults["dependency_manager"], table["dependency_managers"]),
         "__dist_name": "{{ cookiecutter | derived('dist_name') }}",
         "__image_name": "{{ cookiecutter | derived('image_name') }}",
@@ -73,8 +73,6 @@ def build(table: dict) -> dict:
         },
         "_extensions": ["local_extensions.TemplateRules"],
         "_jinja2_env_vars": {"lstrip_blocks": True, "trim_blocks": True},
-        # Copied as they are: Python whose braces are not Jinja.
-        "_copy_without_render": ["gpu_test.py"],
     }
 
 

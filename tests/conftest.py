@@ -1,0 +1,140 @@
+"""Shared fixtures: baking projects, and the Docker engine for the Docker tier.
+
+The Docker tier skips where no engine runs (a laptop without Docker); with
+REQUIRE_DOCKER=1 (set by .ci/run) a missing engine or base image fails instead,
+because a skipped Docker tier proves nothing about `docker compose up`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(TEMPLATE / "hooks"))
+sys.path.insert(0, str(TEMPLATE))  # local_extensions, as cookiecutter loads it
+
+import template_rules  # noqa: E402
+
+QUESTIONS = {key for key in json.loads((TEMPLATE / "cookiecutter.json").read_text()) if not key.startswith("_")}
+BENCHMARKS: list[str] = []
+
+
+@dataclass
+class Baked:
+    """A bake's outcome plus everything the hooks printed."""
+
+    exit_code: int
+    exception: BaseException | None
+    project_path: Path | None
+    output_dir: Path
+    output: str
+    answers: dict = field(default_factory=dict)
+
+
+@pytest.fixture
+def bake(tmp_path, capfd, _cookiecutter_config_file):
+    """bake(**answers) -> Baked, into a fresh output folder, with pytest-cookies' private
+    cookiecutter config (the user's ~/.cookiecutterrc never leaks in).
+
+    Refuses keys that are not questions: cookiecutter ignores unknown keys silently,
+    and the test would then test the defaults."""
+    counter = iter(range(1000))
+
+    def _bake(**answers) -> Baked:
+        unknown = set(answers) - QUESTIONS
+        assert not unknown, f"not questions of the template: {sorted(unknown)}"
+        output_dir = tmp_path / f"bake{next(counter):02d}"
+        output_dir.mkdir()
+        capfd.readouterr()
+        exit_code, exception, project = 0, None, None
+        try:
+            project = Path(
+                cookiecutter(
+                    str(TEMPLATE),
+                    no_input=True,
+                    extra_context={key: str(value) for key, value in answers.items()},
+                    output_dir=str(output_dir),
+                    config_file=str(_cookiecutter_config_file),
+                )
+            )
+        except Exception as error:  # noqa: BLE001 - the outcome is what the tests assert on
+            exit_code, exception = 1, error
+        out, err = capfd.readouterr()
+        return Baked(exit_code, exception, project, output_dir, out + err + (str(exception) if exception else ""), answers)
+
+    return _bake
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    kwargs.setdefault("check", False)
+    return subprocess.run(cmd, **kwargs)
+
+
+def tool(name: str) -> str:
+    """A tool installed with the template's dev requirements (same venv as pytest)."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is missing: pip install -r requirements-dev.txt")
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# Docker tier
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DockerEnv:
+    cli: str
+    base_image: str
+    ca_bundle: str | None
+
+
+def docker_required() -> bool:
+    return os.environ.get("REQUIRE_DOCKER") == "1"
+
+
+def unavailable(reason: str):
+    if docker_required():
+        pytest.fail(f"Docker tier required (REQUIRE_DOCKER=1) but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_env() -> DockerEnv:
+    # The Debian client (engine 20.10) has BuildKit built in; a newer client may lack buildx.
+    cli = os.environ.get("DOCKER") or ("/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker"))
+    if not cli:
+        unavailable("no docker client on PATH")
+    if run([cli, "info"]).returncode != 0:
+        unavailable("no Docker engine answers (`docker info` fails)")
+    if run([cli, "compose", "version"]).returncode != 0:
+        unavailable("Docker Compose v2 is missing (`docker compose version` fails)")
+    base = os.environ.get("TEST_BASE_IMAGE", "local/debian:trixie")
+    if run([cli, "image", "inspect", base]).returncode != 0:
+        unavailable(f"base image {base} is missing: run tests/docker/make-base-image.sh")
+    # Containers here must trust the network's TLS-intercepting proxy: pass the host's bundle.
+    ca_bundle = os.environ.get("TEST_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    return DockerEnv(cli=cli, base_image=base, ca_bundle=ca_bundle if Path(ca_bundle).is_file() else None)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if BENCHMARKS:
+        terminalreporter.section("measured (figures, not assertions)")
+        for line in BENCHMARKS:
+            terminalreporter.write_line(line)
+
+
+__all__ = ["template_rules", "TEMPLATE", "run", "tool", "BENCHMARKS"]

@@ -1,0 +1,249 @@
+"""Baked projects: the exact files, nothing left unrendered, every structured file
+parses, and the values users depend on (ports, ids, token, lock, base image) are right."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import json5
+import pytest
+import yaml
+from conftest import TEMPLATE, run, template_rules, tool
+from cookiecutter.main import cookiecutter
+
+TABLE = template_rules.load_table()
+
+DEFAULT_FILES = {
+    ".devcontainer/devcontainer.json",
+    ".dockerignore",
+    ".env",
+    ".env.example",
+    ".gitattributes",
+    ".gitignore",
+    ".hadolint.yaml",
+    "Dockerfile",
+    "README.md",
+    "cache/.gitignore",
+    "compose.gpu.yaml",
+    "compose.yaml",
+    "data/.gitignore",
+    "docker/jupyter_server_config.py",
+    "docker/kernel.json",
+    "docker/no-extra-ca.pem",
+    "docker/uv-requirements.txt",
+    "docker/with-build-ca",
+    "gpu_test.py",
+    "notebooks/gpu_check.ipynb",
+    "pyproject.toml",
+    "src/gpu_lab/__init__.py",
+    "uv.lock",
+}
+
+
+def files_of(project: Path) -> set[str]:
+    return {str(path.relative_to(project)) for path in project.rglob("*") if path.is_file()}
+
+
+def env_values(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
+
+
+@pytest.fixture
+def default_project(bake) -> Path:
+    baked = bake()
+    assert baked.exit_code == 0, baked.output
+    return baked.project_path
+
+
+def compose_config(project: Path, compose_file: str | None = None) -> dict:
+    """`docker compose config` as JSON: interpolation and schema checks, no daemon needed."""
+    docker = os.environ.get("DOCKER") or "docker"
+    if run([docker, "compose", "version"]).returncode != 0:
+        if os.environ.get("REQUIRE_DOCKER") == "1":
+            pytest.fail("docker compose is required (REQUIRE_DOCKER=1)")
+        pytest.skip("docker compose is not installed")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
+    if compose_file:
+        env["COMPOSE_FILE"] = compose_file
+    result = run([docker, "compose", "config", "--format", "json"], cwd=project, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_default_project_has_exactly_the_expected_files(default_project):
+    assert files_of(default_project) == DEFAULT_FILES
+    # Bind-mounted folders exist before Docker could create them as root.
+    for name in ("src", "notebooks", "data", "cache"):
+        assert (default_project / name).is_dir()
+
+
+def test_nothing_is_left_unrendered(default_project):
+    for name in files_of(default_project):
+        text = (default_project / name).read_text(encoding="utf-8")
+        for marker in ("{{", "{%", "{#", "cookiecutter."):
+            assert marker not in text, f"{marker!r} left in {name}"
+
+
+def test_every_structured_file_parses(default_project):
+    for name in ("compose.yaml", "compose.gpu.yaml", ".hadolint.yaml"):
+        assert isinstance(yaml.safe_load((default_project / name).read_text()), dict), name
+    for name in ("pyproject.toml", "uv.lock"):
+        tomllib.loads((default_project / name).read_text())
+    json.loads((default_project / "docker/kernel.json").read_text())
+    json.loads((default_project / "notebooks/gpu_check.ipynb").read_text())
+    json5.loads((default_project / ".devcontainer/devcontainer.json").read_text())
+
+
+def test_helper_script_is_executable(default_project):
+    assert (default_project / "docker/with-build-ca").stat().st_mode & stat.S_IXUSR
+
+
+def test_env_holds_a_private_random_token(bake):
+    first, second = bake(), bake()
+    env = first.project_path / ".env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    values = env_values(env)
+    token = values["JUPYTER_TOKEN"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)  # 32 random bytes, url-safe base64
+    assert token != env_values(second.project_path / ".env")["JUPYTER_TOKEN"]
+    assert env_values(first.project_path / ".env.example")["JUPYTER_TOKEN"] == ""
+    assert ".env" in (first.project_path / ".gitignore").read_text().splitlines()
+    for name in files_of(first.project_path) - {".env"}:
+        assert token not in (first.project_path / name).read_text(), f"token leaked into {name}"
+
+
+def test_env_carries_the_answers(bake):
+    baked = bake(uid=4321, gid=4322, jupyter_host_port=28888, jupyter_container_port=9999, project_name="Vision Lab")
+    assert baked.exit_code == 0, baked.output
+    values = env_values(baked.project_path / ".env")
+    assert values["USER_UID"] == "4321" and values["USER_GID"] == "4322"
+    assert values["JUPYTER_HOST_PORT"] == "28888" and values["JUPYTER_CONTAINER_PORT"] == "9999"
+    assert values["IMAGE_NAME"] == "vision_lab:dev"
+    assert values["COMPOSE_FILE"] == "compose.yaml:compose.gpu.yaml"
+
+
+def test_compose_publishes_jupyter_on_loopback_and_gpu_file_reserves_the_gpu(bake):
+    project = bake(jupyter_host_port=28888, jupyter_container_port=9999).project_path
+    cpu = compose_config(project, "compose.yaml")["services"]["lab"]
+    assert cpu["ports"] == [{"mode": "ingress", "host_ip": "127.0.0.1", "target": 9999, "published": "28888", "protocol": "tcp"}]
+    assert "deploy" not in cpu
+    assert cpu["shm_size"] == str(8 * 2**30)
+    assert cpu["volumes"][0]["type"] == "bind" and cpu["volumes"][0]["target"] == "/workspace"
+    assert cpu["security_opt"] == ["no-new-privileges:true"]
+    gpu = compose_config(project)["services"]["lab"]  # COMPOSE_FILE from .env: both files
+    assert gpu["deploy"]["resources"]["reservations"]["devices"] == [
+        {"capabilities": ["gpu"], "driver": "nvidia", "count": -1}
+    ]
+
+
+def test_lock_is_the_shipped_lock_under_the_projects_name(default_project):
+    lock = (default_project / "uv.lock").read_text()
+    shipped = template_rules.shipped_lock("pytorch-cu130-py3.12-uv", "uv").read_text()
+    assert lock == shipped.replace("{{ cookiecutter.__dist_name }}", "gpu-lab")
+    root = [p for p in tomllib.loads(lock)["package"] if p.get("source") == {"virtual": "."}]
+    assert [p["name"] for p in root] == ["gpu-lab"]
+
+
+def test_versions_come_from_the_table(default_project):
+    pyproject = tomllib.loads((default_project / "pyproject.toml").read_text())
+    pins = {dep.split("==")[0]: dep.split("==")[1] for dep in pyproject["project"]["dependencies"] if "==" in dep}
+    assert pins == TABLE["frameworks"]["pytorch"]["packages"]
+    assert pyproject["project"]["requires-python"] == ">=3.12,<3.15"
+    locked = {p["name"]: p["version"] for p in tomllib.loads((default_project / "uv.lock").read_text())["package"]}
+    assert {name: locked[name] for name in pins} == pins
+    cuda = TABLE["cuda"]["13.0"]
+    dockerfile = (default_project / "Dockerfile").read_text()
+    assert f"ARG BASE_IMAGE=nvidia/cuda:{cuda['image_version']}-base-ubuntu24.04\n" in dockerfile
+    assert f">= {cuda['min_driver']}" in (default_project / "README.md").read_text()
+
+
+def test_generated_files_pass_the_linters(default_project):
+    checks = [
+        [tool("hadolint"), "Dockerfile"],  # .hadolint.yaml: fail on warnings too
+        [tool("shellcheck"), "docker/with-build-ca"],
+        [tool("ruff"), "check", "."],
+        [tool("ruff"), "format", "--check", "."],
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml"],
+    ]
+    for cmd in checks:
+        result = run(cmd, cwd=default_project)
+        assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}{result.stderr}"
+
+
+def test_lock_matches_pyproject_offline(default_project):
+    """`uv lock --check` agrees that the lock satisfies pyproject.toml (no network)."""
+    python = next(
+        (str(p) for p in sorted(Path.home().glob(".pyenv/versions/3.1[2-4].*/bin/python3")) if p.exists()),
+        None,
+    ) or next((p for p in ("/usr/bin/python3.12", "/usr/bin/python3.13") if Path(p).exists()), None)
+    if python is None:
+        pytest.skip("no Python >= 3.12 interpreter for uv to check the lock with")
+    result = run([tool("uv"), "lock", "--check", "--offline", "--python", python], cwd=default_project)
+    assert result.returncode == 0, result.stderr
+
+
+def test_answers_are_data_not_code(bake):
+    name = 'Tom\'s "GPU" \\ Lab'
+    baked = bake(project_name=name, project_slug="toms_lab")
+    assert baked.exit_code == 0, baked.output
+    project = baked.project_path
+    assert json5.loads((project / ".devcontainer/devcontainer.json").read_text())["name"] == name
+    assert json.loads((project / "docker/kernel.json").read_text())["display_name"] == f"Python ({name})"
+    description = tomllib.loads((project / "pyproject.toml").read_text())["project"]["description"]
+    assert description == f"Development environment for {name}"
+
+
+def test_python_310_uses_ubuntu_2204_and_its_own_lock(bake):
+    baked = bake(python_version="3.10")
+    assert baked.exit_code == 0, baked.output
+    assert "ARG BASE_IMAGE=nvidia/cuda:13.0.2-base-ubuntu22.04\n" in (baked.project_path / "Dockerfile").read_text()
+    lock = tomllib.loads((baked.project_path / "uv.lock").read_text())
+    assert lock["requires-python"] == ">=3.10, <3.15"
+
+
+def test_regenerating_keeps_the_users_files_and_token(bake, _cookiecutter_config_file):
+    baked = bake()
+    project = baked.project_path
+    token = env_values(project / ".env")["JUPYTER_TOKEN"]
+    (project / "src/gpu_lab/model.py").write_text("MINE = 1\n")
+    (project / "notebooks/gpu_check.ipynb").write_text("{}\n")
+    cookiecutter(
+        str(TEMPLATE),
+        no_input=True,
+        output_dir=str(baked.output_dir),
+        overwrite_if_exists=True,
+        skip_if_file_exists=True,
+        config_file=str(_cookiecutter_config_file),
+    )
+    assert env_values(project / ".env")["JUPYTER_TOKEN"] == token
+    assert (project / "src/gpu_lab/model.py").read_text() == "MINE = 1\n"
+    assert (project / "notebooks/gpu_check.ipynb").read_text() == "{}\n"
+
+
+@pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0, reason="only root can hand files to another uid")
+def test_root_hands_the_project_to_the_configured_user(bake):
+    project = bake(uid=4321, gid=4322).project_path
+    owners = {(path.lstat().st_uid, path.lstat().st_gid) for path in [project, *project.rglob("*")]}
+    assert owners == {(4321, 4322)}
+
+
+def test_generation_works_offline(tmp_path):
+    """Generation needs no network: run it in a network namespace with no interfaces."""
+    if run(["unshare", "-n", "true"]).returncode != 0:
+        pytest.skip("cannot create a network namespace here (needs root)")
+    cmd = ["unshare", "-n", sys.executable, "-m", "cookiecutter", "--no-input", str(TEMPLATE), "-o", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gpu_lab/uv.lock").is_file()
