@@ -15,6 +15,7 @@ lock under its own name. Also refreshes docker/uv-requirements.txt (uv, hash-pin
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,9 @@ def find_python(version: str) -> str:
 
 
 def uv(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "uv", *args], cwd=cwd, capture_output=True, text=True)
+    # The platform's certificate store, so a company's TLS-intercepting proxy is trusted.
+    env = {"UV_SYSTEM_CERTS": "1", **os.environ}
+    return subprocess.run([sys.executable, "-m", "uv", *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
 def shipped_text(key: str, manager: str) -> str:

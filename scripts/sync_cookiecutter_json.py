@@ -28,7 +28,9 @@ def build(table: dict) -> dict:
     frameworks = table["frameworks"]
     return {
         "project_name": "GPU Lab",
-        "project_slug": "{{ cookiecutter.project_name | slugify(separator='_') }}",
+        # Never empty (an empty name would be the output folder itself): a blank project
+        # name then reaches the hook, which refuses it by name.
+        "project_slug": "{{ cookiecutter.project_name | slugify(separator='_') or 'project' }}",
         "framework": first(defaults["framework"], frameworks),
         "cuda_version": first(defaults["cuda_version"], table["cuda"]),
         "python_version": first(defaults["python_version"], table["python"]),

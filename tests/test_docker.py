@@ -1,0 +1,198 @@
+"""Docker tier: generated projects built and run on a real engine with real Compose.
+
+Only BASE_IMAGE is swapped (no registry here: a debootstrap'd Debian stands in for
+nvidia/cuda) and the GPU file is left out (COMPOSE_FILE=compose.yaml), as on any
+machine without a GPU. Each project is built, started, checked, and removed with its
+image, since a PyTorch image takes about 6 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import BENCHMARKS, TEMPLATE, run, template_rules
+from cookiecutter.main import cookiecutter
+
+pytestmark = pytest.mark.docker
+
+IS_ROOT = getattr(os, "geteuid", lambda: -1)() == 0
+
+
+@dataclass
+class RunningProject:
+    path: Path
+    env: dict
+    docker: str
+    uid: int
+    gid: int
+    host_port: int
+    container_port: int
+    token: str
+    slug: str
+    name: str
+
+    def compose(self, *args: str, check: bool = True):
+        result = run([self.docker, "compose", *args], cwd=self.path, env=self.env)
+        if check:
+            assert result.returncode == 0, f"docker compose {' '.join(args)}:\n{result.stdout}{result.stderr}"
+        return result
+
+    def exec(self, *cmd: str, check: bool = True):
+        return self.compose("exec", "-T", "lab", *cmd, check=check)
+
+
+def http_status(url: str, token: str | None = None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def wait_for_jupyter(project: RunningProject, timeout: float = 180) -> float:
+    start = time.monotonic()
+    url = f"http://127.0.0.1:{project.host_port}/api/status"
+    while time.monotonic() - start < timeout:
+        try:
+            if http_status(url, project.token) == 200:
+                return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.2)
+    logs = project.compose("logs", "--no-color", check=False).stdout[-3000:]
+    pytest.fail(f"Jupyter did not answer on 127.0.0.1:{project.host_port} within {timeout}s:\n{logs}")
+
+
+# Default ids (the generating user's; 1000 where that is root) and a non-default pair.
+VARIANTS = [
+    pytest.param({"project_name": "Docker Default", "jupyter_host_port": 28881}, id="default-ids"),
+    pytest.param(
+        {"project_name": "Docker Ids", "jupyter_host_port": 28882, "uid": 4321, "gid": 4321},
+        id="uid-4321",
+        marks=pytest.mark.skipif(not IS_ROOT, reason="handing a project to uid 4321 needs root (CI runs as root)"),
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def project(request, docker_env, tmp_path_factory) -> RunningProject:
+    answers = request.param
+    out = tmp_path_factory.mktemp("docker")
+    extra = {key: str(value) for key, value in answers.items()}
+    path = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=extra, output_dir=str(out)))
+    lines = (path / ".env").read_text().splitlines()
+    env_file = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("COMPOSE_", "DOCKER_HOST"))}
+    env.update(COMPOSE_FILE="compose.yaml", BASE_IMAGE=docker_env.base_image, DOCKER_BUILDKIT="1")
+    if docker_env.ca_bundle:
+        env["CA_BUNDLE"] = docker_env.ca_bundle
+    running = RunningProject(
+        path=path,
+        env=env,
+        docker=docker_env.cli,
+        uid=int(env_file["USER_UID"]),
+        gid=int(env_file["USER_GID"]),
+        host_port=int(env_file["JUPYTER_HOST_PORT"]),
+        container_port=int(env_file["JUPYTER_CONTAINER_PORT"]),
+        token=env_file["JUPYTER_TOKEN"],
+        slug=path.name,
+        name=answers["project_name"],
+    )
+    try:
+        start = time.monotonic()
+        running.compose("--progress", "plain", "build")
+        build_seconds = time.monotonic() - start
+        inspect = run([docker_env.cli, "image", "inspect", env_file["IMAGE_NAME"], "--format", "{{.Size}}"])
+        start = time.monotonic()
+        running.compose("up", "-d")
+        ready = (time.monotonic() - start) + wait_for_jupyter(running)
+        BENCHMARKS.append(
+            f"{answers['project_name']}: build {build_seconds:.0f} s, image {int(inspect.stdout) / 1e9:.2f} GB, "
+            f"up -> Jupyter answering {ready:.1f} s"
+        )
+        yield running
+    finally:
+        running.compose("down", "-v", "--rmi", "all", "--remove-orphans", check=False)
+
+
+def test_jupyter_answers_with_the_token_and_refuses_without(project):
+    url = f"http://127.0.0.1:{project.host_port}/api/status"
+    assert http_status(url, project.token) == 200
+    assert http_status(url) == 403
+    assert http_status(url, "wrong-token") == 403
+
+
+def test_jupyter_is_published_on_loopback_only(project):
+    ports = project.compose("port", "lab", str(project.container_port)).stdout.split()
+    assert ports == [f"127.0.0.1:{project.host_port}"]
+
+
+def test_jupyter_offers_the_project_kernel(project):
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{project.host_port}/api/kernelspecs", headers={"Authorization": f"token {project.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        specs = json.load(response)
+    assert specs["default"] == project.slug
+    spec = specs["kernelspecs"][project.slug]["spec"]
+    assert spec["display_name"] == f"Python ({project.name})"
+    assert spec["argv"][0] == "/opt/venv/bin/python"
+
+
+def test_container_runs_as_the_configured_user(project):
+    ids = project.exec("sh", "-c", "id -u; id -g").stdout.split()
+    assert ids == [str(project.uid), str(project.gid)]
+
+
+def test_gpu_test_reports_the_cpu_and_no_gpu(project):
+    result = project.exec("python", "gpu_test.py", "--quick", "--json")
+    report = json.loads(result.stdout)
+    torch_version = template_rules.load_table()["frameworks"]["pytorch"]["packages"]["torch"]
+    assert report["framework_version"].split("+")[0] == torch_version
+    assert report["cuda_build"] == "13.0"
+    assert report["gpu_available"] is False and report["gpus"] == []
+    assert report["cpu_fp32_gflops"] > 0
+    table = project.exec("python", "gpu_test.py", "--quick").stdout
+    assert "No GPU is usable" in table and "GFLOP/s" in table
+    assert project.exec("python", "gpu_test.py", "--quick", "--require-gpu", check=False).returncode == 1
+
+
+def test_image_holds_exactly_the_locked_packages(project):
+    """uv itself confirms /opt/venv is what uv.lock pins for this platform and Python."""
+    result = project.exec("uv", "sync", "--locked", "--check", "--no-install-project", "--offline", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    listing = project.exec("uv", "pip", "list", "--format", "json").stdout  # VIRTUAL_ENV=/opt/venv
+    installed = {package["name"]: package["version"] for package in json.loads(listing)}
+    locked = {package["name"]: package["version"] for package in tomllib.loads((project.path / "uv.lock").read_text())["package"]}
+    for name in ("torch", "torchvision", "jupyterlab", "ipykernel"):
+        assert installed[name] == locked[name], name
+
+
+def test_files_written_in_the_container_belong_to_the_host_user(project):
+    project.exec("sh", "-c", "echo hi > src/from_container.txt && mkdir -p src/newdir cache/torch && echo x > cache/torch/f")
+    for name in ("src/from_container.txt", "src/newdir", "cache/torch/f"):
+        info = (project.path / name).stat()
+        assert (info.st_uid, info.st_gid) == (project.uid, project.gid), name
+
+
+def test_down_v_keeps_the_users_files(project):
+    """Last in the module: it takes the project down and brings it back."""
+    project.exec("sh", "-c", "echo work > notebooks/mine.txt && echo data > data/set.csv && echo c > cache/keep")
+    before = {p: p.read_bytes() for p in project.path.rglob("*") if p.is_file() and p.name != ".env"}
+    project.compose("down", "-v")
+    after = {p: p.read_bytes() for p in project.path.rglob("*") if p.is_file() and p.name != ".env"}
+    assert after == before
+    for name in ("src/from_container.txt", "notebooks/mine.txt", "data/set.csv", "cache/keep"):
+        assert (project.path / name).is_file(), name
+    project.compose("up", "-d")
+    wait_for_jupyter(project)
+    assert project.exec("cat", "notebooks/mine.txt").stdout == "work\n"

@@ -1,0 +1,103 @@
+"""Every refused answer: non-zero exit, a message that names the field, and nothing left
+on disk. Mirrors the table in hooks/template_rules.py (validate)."""
+
+from __future__ import annotations
+
+import pytest
+
+# (answers, field the message must name)
+BAD_VALUES = [
+    ({"jupyter_host_port": 0}, "jupyter_host_port"),
+    ({"jupyter_host_port": 65536}, "jupyter_host_port"),
+    ({"jupyter_host_port": "8888a"}, "jupyter_host_port"),
+    ({"jupyter_host_port": -1}, "jupyter_host_port"),
+    ({"jupyter_host_port": ""}, "jupyter_host_port"),
+    ({"jupyter_host_port": " 8888"}, "jupyter_host_port"),
+    ({"jupyter_host_port": "1e3"}, "jupyter_host_port"),
+    ({"jupyter_container_port": 80}, "jupyter_container_port"),
+    ({"jupyter_container_port": 0}, "jupyter_container_port"),
+    ({"jupyter_container_port": 70000}, "jupyter_container_port"),
+    ({"jupyter_container_port": "http"}, "jupyter_container_port"),
+    ({"uid": 0}, "uid"),
+    ({"uid": -5}, "uid"),
+    ({"uid": "abc"}, "uid"),
+    ({"uid": 65534}, "uid"),
+    ({"uid": 4294967295}, "uid"),
+    ({"uid": "1.5"}, "uid"),
+    ({"gid": 0}, "gid"),
+    ({"gid": "staff"}, "gid"),
+    ({"gid": 65534}, "gid"),
+    ({"project_slug": "my lab"}, "project_slug"),
+    ({"project_slug": "3dlab"}, "project_slug"),
+    ({"project_slug": "My_Lab"}, "project_slug"),
+    ({"project_slug": "lab-1"}, "project_slug"),
+    ({"project_slug": "class"}, "project_slug"),
+    ({"project_slug": "json"}, "project_slug"),
+    ({"project_slug": "a" * 61}, "project_slug"),
+    ({"project_name": "3D Lab"}, "project_slug"),  # the derived slug starts with a digit
+    ({"project_name": "  "}, "project_name"),
+]
+
+# Values that are not among cookiecutter.json's choices: cookiecutter itself refuses them
+# before the hook runs, naming the variable.
+NOT_A_CHOICE = [
+    ({"cuda_version": "11.8"}, "cuda_version"),
+    ({"framework": "jax"}, "framework"),
+    ({"python_version": "3.9"}, "python_version"),
+    ({"dependency_manager": "conda"}, "dependency_manager"),
+]
+
+# Offered, but not built yet in this version of the template (no lock shipped).
+NOT_BUILT_YET = [
+    {"framework": "tensorflow", "cuda_version": "12.6"},
+    {"dependency_manager": "pip"},
+    {"dependency_manager": "poetry"},
+    {"cuda_version": "12.6"},
+    {"cuda_version": "13.2"},
+]
+
+
+def assert_refused(baked, field: str) -> None:
+    assert baked.exit_code != 0, f"{baked.answers} was accepted"
+    assert field in baked.output, f"the message does not name {field}:\n{baked.output}"
+    assert list(baked.output_dir.iterdir()) == [], "a refused generation left files behind"
+
+
+@pytest.mark.parametrize(("answers", "field"), BAD_VALUES, ids=lambda v: repr(v)[:40] if isinstance(v, dict) else None)
+def test_bad_value_is_refused(bake, answers, field):
+    baked = bake(**answers)
+    assert_refused(baked, field)
+    assert "Fix:" in baked.output
+
+
+@pytest.mark.parametrize(("answers", "field"), NOT_A_CHOICE, ids=lambda v: repr(v) if isinstance(v, dict) else None)
+def test_value_outside_the_choices_is_refused(bake, answers, field):
+    assert_refused(bake(**answers), field)
+
+
+def test_tensorflow_with_a_cuda_it_has_no_build_for_is_refused(bake):
+    baked = bake(framework="tensorflow", cuda_version="13.0")
+    assert_refused(baked, "cuda_version")
+    assert "TensorFlow 2.21.0 has no CUDA 13.0 build" in baked.output
+    assert "answer one of: 12.6" in baked.output
+
+
+@pytest.mark.parametrize("answers", NOT_BUILT_YET, ids=repr)
+def test_combination_not_built_yet_is_refused(bake, answers):
+    baked = bake(**answers)
+    assert_refused(baked, "dependency_manager")
+    assert "not built yet" in baked.output
+    assert "pytorch-cu130-py3.12-uv" in baked.output  # says what is available
+
+
+def test_every_problem_is_reported_at_once(bake):
+    baked = bake(uid=0, gid=0, jupyter_host_port=0)
+    assert_refused(baked, "uid")
+    for field in ("gid", "jupyter_host_port"):
+        assert field in baked.output
+
+
+def test_unknown_question_is_caught_by_the_bake_fixture(bake):
+    """cookiecutter ignores unknown keys silently; the fixture must not."""
+    with pytest.raises(AssertionError, match="not questions"):
+        bake(cuda="13.0")

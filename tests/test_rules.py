@@ -1,0 +1,110 @@
+"""Unit tests of hooks/template_rules.py and of what is generated from compat.yaml."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+
+import pytest
+from conftest import TEMPLATE, template_rules
+
+TABLE = template_rules.load_table()
+DEFAULT_ANSWERS = {
+    "project_name": "GPU Lab",
+    "project_slug": "gpu_lab",
+    "framework": "pytorch",
+    "cuda_version": "13.0",
+    "python_version": "3.12",
+    "jupyter_host_port": "18888",
+    "jupyter_container_port": "8888",
+    "uid": "1000",
+    "gid": "1000",
+    "dependency_manager": "uv",
+}
+
+
+def test_defaults_are_valid():
+    assert template_rules.validate(DEFAULT_ANSWERS) == []
+
+
+def test_problem_message_names_field_value_and_fix():
+    [problem] = template_rules.validate({**DEFAULT_ANSWERS, "jupyter_host_port": "70000"})
+    text = str(problem)
+    assert text.startswith("ERROR: jupyter_host_port = '70000': ")
+    assert "Fix: answer e.g. 18888" in text
+
+
+def test_derived_values_for_the_defaults():
+    derived = template_rules.derive(DEFAULT_ANSWERS)
+    cuda = TABLE["cuda"]["13.0"]
+    assert derived == {
+        "dist_name": "gpu-lab",
+        "image_name": "gpu_lab:dev",
+        "min_driver": cuda["min_driver"],
+        "base_image": f"nvidia/cuda:{cuda['image_version']}-base-ubuntu24.04",
+        "requires_python": ">=3.12,<3.15",
+        "lock_key": "pytorch-cu130-py3.12-uv",
+        "wheel_index": "",
+    }
+
+
+def test_derived_values_tolerate_invalid_answers():
+    """Rendering cookiecutter.json must not crash before the hook can explain."""
+    derived = template_rules.derive({**DEFAULT_ANSWERS, "cuda_version": "11.8", "framework": "jax"})
+    assert derived["base_image"] == "" and derived["lock_key"] == ""
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid", "expected"),
+    [(501, 20, (501, 20)), (0, 0, (1000, 1000)), (1234, 0, (1234, 1000)), (65534, 65534, (1000, 1000))],
+)
+def test_host_ids(monkeypatch, uid, gid, expected):
+    monkeypatch.setattr(os, "getuid", lambda: uid)
+    monkeypatch.setattr(os, "getgid", lambda: gid)
+    assert template_rules.host_ids() == expected
+
+
+def test_host_ids_without_posix_ids(monkeypatch):
+    monkeypatch.delattr(os, "getuid")
+    assert template_rules.host_ids() == (1000, 1000)
+
+
+def test_cookiecutter_json_is_generated_from_the_table():
+    result = subprocess.run([sys.executable, "scripts/sync_cookiecutter_json.py", "--check"], cwd=TEMPLATE)
+    assert result.returncode == 0, "run: python scripts/sync_cookiecutter_json.py"
+
+
+def test_prompt_labels_show_the_minimum_driver():
+    labels = json.loads((TEMPLATE / "cookiecutter.json").read_text())["__prompts__"]["cuda_version"]
+    for cuda, facts in TABLE["cuda"].items():
+        assert labels[cuda] == f"CUDA {cuda} (NVIDIA driver >= {facts['min_driver']})"
+
+
+def test_default_cuda_is_the_plain_pypi_build():
+    """The default installs wherever PyPI is reachable: no extra wheel index."""
+    default = TABLE["defaults"]["cuda_version"]
+    assert TABLE["frameworks"]["pytorch"]["cuda"][default] == {"source": "pypi"}
+
+
+def test_every_shipped_lock_is_an_offered_valid_combination():
+    keys = sorted(path.name for path in template_rules.LOCKS_DIR.iterdir())
+    assert "pytorch-cu130-py3.12-uv" in keys
+    sys.path.insert(0, str(TEMPLATE / "scripts"))
+    import relock
+
+    for key in keys:
+        answers = {**DEFAULT_ANSWERS, **relock.parse_key(key)}
+        assert template_rules.validate(answers) == [], key
+        assert template_rules.derive(answers)["lock_key"] == key
+        text = template_rules.shipped_lock(key, answers["dependency_manager"]).read_text()
+        # The only Jinja in a lock is the project's name.
+        assert text.count("{{") == text.count('"{{ cookiecutter.__dist_name }}"') == 1
+        for marker in ("{%", "{#"):
+            assert marker not in text
+        lock = tomllib.loads(text)
+        # Resolved for the container's platforms only, never the host's.
+        normalised = {" and ".join(sorted(marker.split(" and "))) for marker in TABLE["lock_platforms"]}
+        assert set(lock["supported-markers"]) == normalised
