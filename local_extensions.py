@@ -23,5 +23,8 @@ class TemplateRules(Extension):
         # Defaults for the uid/gid questions: the generating user's ids.
         environment.globals["host_uid"] = lambda: template_rules.host_ids()[0]
         environment.globals["host_gid"] = lambda: template_rules.host_ids()[1]
+        # Where the hooks import template_rules from: absolute, because cookiecutter's
+        # _repo_dir is relative to a working directory the hooks do not run in.
+        environment.globals["template_rules_dir"] = str(Path(template_rules.__file__).resolve().parent)
         # The table itself, for blocks that list its facts (pinned packages, platforms).
         environment.globals["compat"] = template_rules.load_table()

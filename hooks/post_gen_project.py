@@ -12,7 +12,7 @@ from pathlib import Path
 
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
-sys.path.insert(0, ANSWERS["_repo_dir"] + "/hooks")
+sys.path.insert(0, json.loads(r'''{{ template_rules_dir | tojson }}'''))
 
 import template_rules  # noqa: E402
 

@@ -10,7 +10,7 @@ import sys
 # Answers are read as data, never pasted into code (a quote in a name cannot break this).
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
-sys.path.insert(0, ANSWERS["_repo_dir"] + "/hooks")
+sys.path.insert(0, json.loads(r'''{{ template_rules_dir | tojson }}'''))
 
 import template_rules  # noqa: E402
 

@@ -239,11 +239,13 @@ def test_root_hands_the_project_to_the_configured_user(bake):
     assert owners == {(4321, 4322)}
 
 
-def test_generation_works_offline(tmp_path):
-    """Generation needs no network: run it in a network namespace with no interfaces."""
+def test_generation_works_offline_from_a_relative_path(tmp_path):
+    """Generation needs no network: run it in a network namespace with no interfaces,
+    from the template's folder as `cookiecutter .` (hooks must not rely on the cwd)."""
     if run(["unshare", "-n", "true"]).returncode != 0:
         pytest.skip("cannot create a network namespace here (needs root)")
-    cmd = ["unshare", "-n", sys.executable, "-m", "cookiecutter", "--no-input", str(TEMPLATE), "-o", str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)})
+    cmd = ["unshare", "-n", sys.executable, "-m", "cookiecutter", "--no-input", ".", "-o", str(tmp_path)]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=TEMPLATE)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "gpu_lab/uv.lock").is_file()
