@@ -13,7 +13,7 @@ from jinja2.ext import Extension
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "hooks"))
 
-import template_rules  # noqa: E402
+import template_rules
 
 
 class TemplateRules(Extension):

@@ -12,9 +12,11 @@ from pathlib import Path
 
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
-sys.path.insert(0, json.loads(r'''{{ template_rules_dir | tojson }}'''))
+# A JSON string starts and ends with '"', so single triple quotes hold it.
+RULES_DIR = json.loads(r'''{{ template_rules_dir | tojson }}''')  # fmt: skip
+sys.path.insert(0, RULES_DIR)
 
-import template_rules  # noqa: E402
+import template_rules
 
 PROJECT = Path.cwd()
 
@@ -92,7 +94,7 @@ Next steps:
   docker compose exec lab python gpu_test.py
 
 Jupyter: http://127.0.0.1:{host_port}/lab?token=<JUPYTER_TOKEN from .env>
-The NVIDIA driver on the host must be >= {ANSWERS['__min_driver']} (nvidia-smi shows it).
+The NVIDIA driver on the host must be >= {ANSWERS["__min_driver"]} (nvidia-smi shows it).
 """
     )
 

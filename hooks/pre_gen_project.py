@@ -10,9 +10,11 @@ import sys
 # Answers are read as data, never pasted into code (a quote in a name cannot break this).
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
-sys.path.insert(0, json.loads(r'''{{ template_rules_dir | tojson }}'''))
+# A JSON string starts and ends with '"', so single triple quotes hold it.
+RULES_DIR = json.loads(r'''{{ template_rules_dir | tojson }}''')  # fmt: skip
+sys.path.insert(0, RULES_DIR)
 
-import template_rules  # noqa: E402
+import template_rules
 
 
 def main() -> int:

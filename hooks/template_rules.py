@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -37,7 +37,7 @@ SLUG_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 INT_RE = re.compile(r"[0-9]+\Z")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_table(path: Path = TABLE_PATH) -> dict:
     """The compatibility table (compat.yaml) as plain data."""
     with open(path, encoding="utf-8") as handle:
@@ -91,13 +91,9 @@ def derive(answers: dict, table: dict | None = None) -> dict:
         "wheel_index": build.get("index_url", ""),
     }
     if cuda and python:
-        derived["base_image"] = (
-            f"nvidia/cuda:{cuda['image_version']}-{table['image_flavour']}-ubuntu{python['ubuntu']}"
-        )
+        derived["base_image"] = f"nvidia/cuda:{cuda['image_version']}-{table['image_flavour']}-ubuntu{python['ubuntu']}"
     if framework and python:
-        derived["requires_python"] = (
-            f">={answers['python_version']},<{next_minor(framework['python_max'])}"
-        )
+        derived["requires_python"] = f">={answers['python_version']},<{next_minor(framework['python_max'])}"
     if framework and cuda and python and answers.get("dependency_manager") in MANAGER_FILES:
         derived["lock_key"] = lock_key(
             answers["framework"],
@@ -143,9 +139,18 @@ def _parse_int(value: object) -> int | None:
 def _check_port(field: str, value: object, low: int, why_low: str) -> list[Problem]:
     port = _parse_int(value)
     if port is None or not 1 <= port <= 65535:
-        return [Problem(field, value, "a port is a whole number from 1 to 65535", f"answer e.g. {load_table()['defaults'][field]}")]
+        return [
+            Problem(
+                field,
+                value,
+                "a port is a whole number from 1 to 65535",
+                f"answer e.g. {load_table()['defaults'][field]}",
+            )
+        ]
     if port < low:
-        return [Problem(field, value, why_low, f"use a port from {low} to 65535, e.g. {load_table()['defaults'][field]}")]
+        return [
+            Problem(field, value, why_low, f"use a port from {low} to 65535, e.g. {load_table()['defaults'][field]}")
+        ]
     return []
 
 
@@ -154,7 +159,14 @@ def _check_id(field: str, value: object) -> list[Problem]:
     what = "user" if field == "uid" else "group"
     host_cmd = "id -u" if field == "uid" else "id -g"
     if number is None or number > MAX_ID:
-        return [Problem(field, value, f"a {what} id is a whole number from 1 to {MAX_ID}", f"answer the output of `{host_cmd}` on the host")]
+        return [
+            Problem(
+                field,
+                value,
+                f"a {what} id is a whole number from 1 to {MAX_ID}",
+                f"answer the output of `{host_cmd}` on the host",
+            )
+        ]
     if number in RESERVED_IDS:
         return [
             Problem(
@@ -171,7 +183,9 @@ def _check_names(answers: dict) -> list[Problem]:
     problems = []
     name = answers.get("project_name")
     if not isinstance(name, str) or not name.strip() or not name.isprintable():
-        problems.append(Problem("project_name", name, "the name must be non-empty printable text", "answer e.g. 'GPU Lab'"))
+        problems.append(
+            Problem("project_name", name, "the name must be non-empty printable text", "answer e.g. 'GPU Lab'")
+        )
     slug = answers.get("project_slug")
     if not isinstance(slug, str) or not SLUG_RE.match(slug):
         problems.append(

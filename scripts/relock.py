@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hooks"))
 sys.path.insert(0, str(REPO))  # local_extensions, as cookiecutter loads it
 
-import template_rules  # noqa: E402
-from cookiecutter.environment import StrictEnvironment  # noqa: E402
-from cookiecutter.generate import generate_context  # noqa: E402
-from cookiecutter.prompt import prompt_for_config  # noqa: E402
+import template_rules
+from cookiecutter.environment import StrictEnvironment
+from cookiecutter.generate import generate_context
+from cookiecutter.prompt import prompt_for_config
 
 SENTINEL_SLUG = "lock_sentinel"
 SENTINEL_DIST = SENTINEL_SLUG.replace("_", "-")
@@ -68,7 +68,7 @@ def find_python(version: str) -> str:
     candidates = [shutil.which(f"python{version}")]
     candidates += sorted(str(p) for p in Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
     for candidate in candidates:
-        if candidate and subprocess.run([candidate, "--version"], capture_output=True).returncode == 0:
+        if candidate and subprocess.run([candidate, "--version"], capture_output=True, check=False).returncode == 0:
             return candidate
     sys.exit(f"relock: no Python {version} interpreter found (install one, or put python{version} on PATH)")
 
@@ -76,7 +76,9 @@ def find_python(version: str) -> str:
 def uv(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # The platform's certificate store, so a company's TLS-intercepting proxy is trusted.
     env = {"UV_SYSTEM_CERTS": "1", **os.environ}
-    return subprocess.run([sys.executable, "-m", "uv", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "uv", *args], cwd=cwd, capture_output=True, text=True, env=env, check=False
+    )
 
 
 def shipped_text(key: str, manager: str) -> str:
@@ -94,10 +96,15 @@ def lock_one(key: str, check: bool) -> bool:
         python = find_python(answers["python_version"])
         lock_name = template_rules.MANAGER_FILES[manager][1]
         if check:
-            (work / lock_name).write_text(shipped_text(key, manager).replace(PLACEHOLDER, SENTINEL_DIST), encoding="utf-8")
+            (work / lock_name).write_text(
+                shipped_text(key, manager).replace(PLACEHOLDER, SENTINEL_DIST), encoding="utf-8"
+            )
             result = uv("lock", "--check", "--python", python, "--no-python-downloads", cwd=work)
             if result.returncode != 0:
-                print(f"STALE {key}: {result.stderr.strip()}\n  re-lock with: python scripts/relock.py {key}", file=sys.stderr)
+                print(
+                    f"STALE {key}: {result.stderr.strip()}\n  re-lock with: python scripts/relock.py {key}",
+                    file=sys.stderr,
+                )
                 return False
             print(f"ok    {key}")
             return True
@@ -121,8 +128,18 @@ def lock_uv_itself() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "in.txt").write_text(f"uv=={version}\n", encoding="utf-8")
         result = uv(
-            "pip", "compile", "in.txt", "--universal", "--generate-hashes", "--no-header",
-            "--no-python-downloads", "--python-version", "3.10", "-o", "out.txt", cwd=Path(tmp),
+            "pip",
+            "compile",
+            "in.txt",
+            "--universal",
+            "--generate-hashes",
+            "--no-header",
+            "--no-python-downloads",
+            "--python-version",
+            "3.10",
+            "-o",
+            "out.txt",
+            cwd=Path(tmp),
         )
         if result.returncode != 0:
             sys.exit(f"relock: locking uv failed:\n{result.stderr}")

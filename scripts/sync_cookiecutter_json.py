@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hooks"))
 
-import template_rules  # noqa: E402
+import template_rules
 
 
 def first(default, choices):
@@ -90,7 +90,10 @@ def main() -> int:
     wanted = render(template_rules.load_table())
     if args.check:
         if target.read_text(encoding="utf-8") != wanted:
-            print("cookiecutter.json is out of date with compat.yaml: run python scripts/sync_cookiecutter_json.py", file=sys.stderr)
+            print(
+                "cookiecutter.json is out of date with compat.yaml: run python scripts/sync_cookiecutter_json.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     target.write_text(wanted, encoding="utf-8")

@@ -22,7 +22,7 @@ TEMPLATE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TEMPLATE / "hooks"))
 sys.path.insert(0, str(TEMPLATE))  # local_extensions, as cookiecutter loads it
 
-import template_rules  # noqa: E402
+import template_rules
 
 QUESTIONS = {key for key in json.loads((TEMPLATE / "cookiecutter.json").read_text()) if not key.startswith("_")}
 BENCHMARKS: list[str] = []
@@ -69,7 +69,9 @@ def bake(tmp_path, capfd, _cookiecutter_config_file):
         except Exception as error:  # noqa: BLE001 - the outcome is what the tests assert on
             exit_code, exception = 1, error
         out, err = capfd.readouterr()
-        return Baked(exit_code, exception, project, output_dir, out + err + (str(exception) if exception else ""), answers)
+        return Baked(
+            exit_code, exception, project, output_dir, out + err + (str(exception) if exception else ""), answers
+        )
 
     return _bake
 
@@ -77,8 +79,7 @@ def bake(tmp_path, capfd, _cookiecutter_config_file):
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
-    kwargs.setdefault("check", False)
-    return subprocess.run(cmd, **kwargs)
+    return subprocess.run(cmd, check=kwargs.pop("check", False), **kwargs)
 
 
 def tool(name: str) -> str:
@@ -115,7 +116,9 @@ def unavailable(reason: str):
 @pytest.fixture(scope="session")
 def docker_env() -> DockerEnv:
     # The Debian client (engine 20.10) has BuildKit built in; a newer client may lack buildx.
-    cli = os.environ.get("DOCKER") or ("/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker"))
+    cli = os.environ.get("DOCKER") or (
+        "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
+    )
     if not cli:
         unavailable("no docker client on PATH")
     if run([cli, "info"]).returncode != 0:
@@ -137,4 +140,4 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-__all__ = ["template_rules", "TEMPLATE", "run", "tool", "BENCHMARKS"]
+__all__ = ["BENCHMARKS", "TEMPLATE", "run", "template_rules", "tool"]

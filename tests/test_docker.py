@@ -172,13 +172,18 @@ def test_image_holds_exactly_the_locked_packages(project):
     assert result.returncode == 0, result.stdout + result.stderr
     listing = project.exec("uv", "pip", "list", "--format", "json").stdout  # VIRTUAL_ENV=/opt/venv
     installed = {package["name"]: package["version"] for package in json.loads(listing)}
-    locked = {package["name"]: package["version"] for package in tomllib.loads((project.path / "uv.lock").read_text())["package"]}
+    locked = {
+        package["name"]: package["version"]
+        for package in tomllib.loads((project.path / "uv.lock").read_text())["package"]
+    }
     for name in ("torch", "torchvision", "jupyterlab", "ipykernel"):
         assert installed[name] == locked[name], name
 
 
 def test_files_written_in_the_container_belong_to_the_host_user(project):
-    project.exec("sh", "-c", "echo hi > src/from_container.txt && mkdir -p src/newdir cache/torch && echo x > cache/torch/f")
+    project.exec(
+        "sh", "-c", "echo hi > src/from_container.txt && mkdir -p src/newdir cache/torch && echo x > cache/torch/f"
+    )
     for name in ("src/from_container.txt", "src/newdir", "cache/torch/f"):
         info = (project.path / name).stat()
         assert (info.st_uid, info.st_gid) == (project.uid, project.gid), name

@@ -73,7 +73,7 @@ def test_host_ids_without_posix_ids(monkeypatch):
 
 
 def test_cookiecutter_json_is_generated_from_the_table():
-    result = subprocess.run([sys.executable, "scripts/sync_cookiecutter_json.py", "--check"], cwd=TEMPLATE)
+    result = subprocess.run([sys.executable, "scripts/sync_cookiecutter_json.py", "--check"], cwd=TEMPLATE, check=False)
     assert result.returncode == 0, "run: python scripts/sync_cookiecutter_json.py"
 
 
@@ -108,3 +108,11 @@ def test_every_shipped_lock_is_an_offered_valid_combination():
         # Resolved for the container's platforms only, never the host's.
         normalised = {" and ".join(sorted(marker.split(" and "))) for marker in TABLE["lock_platforms"]}
         assert set(lock["supported-markers"]) == normalised
+
+
+def test_the_templates_own_code_is_lint_clean():
+    from conftest import run, tool
+
+    for cmd in ([tool("ruff"), "check", "."], [tool("ruff"), "format", "--check", "."]):
+        result = run(cmd, cwd=TEMPLATE)
+        assert result.returncode == 0, result.stdout + result.stderr
