@@ -26,5 +26,7 @@ class TemplateRules(Extension):
         # Where the hooks import template_rules from: absolute, because cookiecutter's
         # _repo_dir is relative to a working directory the hooks do not run in.
         environment.globals["template_rules_dir"] = str(Path(template_rules.__file__).resolve().parent)
+        # The project's direct dependencies, for pyproject.toml and requirements.in.
+        environment.globals["requirements"] = lambda answers: template_rules.requirements(dict(answers))
         # The table itself, for blocks that list its facts (pinned packages, platforms).
         environment.globals["compat"] = template_rules.load_table()

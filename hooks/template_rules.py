@@ -23,11 +23,12 @@ TABLE_PATH = REPO_DIR / "compat.yaml"
 # Pre-resolved locks, one folder per combination; included into the project by Jinja.
 LOCKS_DIR = REPO_DIR / "templates" / "locks"
 
-# The files each dependency manager owns in a generated project: (input, lock).
+# The files each dependency manager owns in a generated project:
+# (its input, its lock, the hash-pinned requirements that install the tool itself).
 MANAGER_FILES = {
-    "uv": ("pyproject.toml", "uv.lock"),
-    "pip": ("requirements.in", "requirements.txt"),
-    "poetry": ("pyproject.toml", "poetry.lock"),
+    "uv": ("pyproject.toml", "uv.lock", "docker/uv-requirements.txt"),
+    "pip": ("requirements.in", "requirements.txt", "docker/uv-requirements.txt"),
+    "poetry": ("pyproject.toml", "poetry.lock", "docker/poetry-requirements.txt"),
 }
 
 # Ids that exist in every base image and must not be renamed to the project's user.
@@ -89,11 +90,14 @@ def derive(answers: dict, table: dict | None = None) -> dict:
         "requires_python": "",
         "lock_key": "",
         "wheel_index": build.get("index_url", ""),
+        # The name the project's config gives that index.
+        "wheel_index_name": f"pytorch-cu{answers['cuda_version'].replace('.', '')}" if build.get("index_url") else "",
     }
     if cuda and python:
         derived["base_image"] = f"nvidia/cuda:{cuda['image_version']}-{table['image_flavour']}-ubuntu{python['ubuntu']}"
     if framework and python:
-        derived["requires_python"] = f">={answers['python_version']},<{next_minor(framework['python_max'])}"
+        excludes = "".join(f",!={version}" for version in framework.get("python_excludes", []))
+        derived["requires_python"] = f">={answers['python_version']},<{next_minor(framework['python_max'])}{excludes}"
     if framework and cuda and python and answers.get("dependency_manager") in MANAGER_FILES:
         derived["lock_key"] = lock_key(
             answers["framework"],
@@ -102,6 +106,14 @@ def derive(answers: dict, table: dict | None = None) -> dict:
             answers["dependency_manager"],
         )
     return derived
+
+
+def requirements(answers: dict, table: dict | None = None) -> list[str]:
+    """The project's direct dependencies (PEP 508), the same for every manager."""
+    table = table or load_table()
+    framework = table["frameworks"][answers["framework"]]
+    pinned = [f"{name}=={version}" for name, version in framework["packages"].items()]
+    return [*pinned, f"numpy{framework['numpy']}", *table["common_requirements"]]
 
 
 def shipped_lock(key: str, manager: str) -> Path:

@@ -46,6 +46,8 @@ def build(table: dict) -> dict:
         "__min_driver": "{{ cookiecutter | derived('min_driver') }}",
         "__requires_python": "{{ cookiecutter | derived('requires_python') }}",
         "__lock_key": "{{ cookiecutter | derived('lock_key') }}",
+        "__wheel_index": "{{ cookiecutter | derived('wheel_index') }}",
+        "__wheel_index_name": "{{ cookiecutter | derived('wheel_index_name') }}",
         "__prompts__": {
             "project_name": "Project name",
             "project_slug": "Slug (directory, Python package, compose project and image name)",

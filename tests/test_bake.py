@@ -20,7 +20,7 @@ from cookiecutter.main import cookiecutter
 
 TABLE = template_rules.load_table()
 
-DEFAULT_FILES = {
+COMMON_FILES = {
     ".devcontainer/devcontainer.json",
     ".dockerignore",
     ".env",
@@ -29,6 +29,7 @@ DEFAULT_FILES = {
     ".gitignore",
     ".hadolint.yaml",
     "Dockerfile",
+    "Makefile",
     "README.md",
     "cache/.gitignore",
     "compose.gpu.yaml",
@@ -36,15 +37,16 @@ DEFAULT_FILES = {
     "data/.gitignore",
     "docker/jupyter_server_config.py",
     "docker/kernel.json",
+    "docker/lock",
     "docker/no-extra-ca.pem",
-    "docker/uv-requirements.txt",
     "docker/with-build-ca",
     "gpu_test.py",
     "notebooks/gpu_check.ipynb",
-    "pyproject.toml",
+    "ruff.toml",
     "src/gpu_lab/__init__.py",
-    "uv.lock",
 }
+MANAGERS = ["uv", "pip", "poetry"]
+DEFAULT_FILES = COMMON_FILES | set(template_rules.MANAGER_FILES["uv"])
 
 
 def files_of(project: Path) -> set[str]:
@@ -82,6 +84,13 @@ def compose_config(project: Path, compose_file: str | None = None) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_each_manager_gets_exactly_its_files(bake, manager):
+    baked = bake(dependency_manager=manager)
+    assert baked.exit_code == 0, baked.output
+    assert files_of(baked.project_path) == COMMON_FILES | set(template_rules.MANAGER_FILES[manager])
+
+
 def test_default_project_has_exactly_the_expected_files(default_project):
     assert files_of(default_project) == DEFAULT_FILES
     # Bind-mounted folders exist before Docker could create them as root.
@@ -106,8 +115,9 @@ def test_every_structured_file_parses(default_project):
     json5.loads((default_project / ".devcontainer/devcontainer.json").read_text())
 
 
-def test_helper_script_is_executable(default_project):
-    assert (default_project / "docker/with-build-ca").stat().st_mode & stat.S_IXUSR
+def test_helper_scripts_are_executable(default_project):
+    for name in ("docker/with-build-ca", "docker/lock"):
+        assert (default_project / name).stat().st_mode & stat.S_IXUSR, name
 
 
 def test_env_holds_a_private_random_token(bake):
@@ -150,19 +160,39 @@ def test_compose_publishes_jupyter_on_loopback_and_gpu_file_reserves_the_gpu(bak
     ]
 
 
-def test_lock_is_the_shipped_lock_under_the_projects_name(default_project):
-    lock = (default_project / "uv.lock").read_text()
-    shipped = template_rules.shipped_lock("pytorch-cu130-py3.12-uv", "uv").read_text()
-    assert lock == shipped.replace("{{ cookiecutter.__dist_name }}", "gpu-lab")
-    root = [p for p in tomllib.loads(lock)["package"] if p.get("source") == {"virtual": "."}]
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_lock_is_the_shipped_lock(bake, manager):
+    project = bake(dependency_manager=manager).project_path
+    lock_name = template_rules.MANAGER_FILES[manager][1]
+    shipped = template_rules.shipped_lock(f"pytorch-cu130-py3.12-{manager}", manager).read_text()
+    assert (project / lock_name).read_text() == shipped.replace("{{ cookiecutter.__dist_name }}", "gpu-lab")
+
+
+def test_uv_lock_root_is_the_project(default_project):
+    root = [
+        p
+        for p in tomllib.loads((default_project / "uv.lock").read_text())["package"]
+        if p.get("source") == {"virtual": "."}
+    ]
     assert [p["name"] for p in root] == ["gpu-lab"]
+
+
+def test_pip_lock_hashes_every_pin(bake):
+    text = (bake(dependency_manager="pip").project_path / "requirements.txt").read_text()
+    logical_lines = text.replace("\\\n", " ").splitlines()  # join backslash continuations
+    pins = [line for line in logical_lines if re.match(r"[A-Za-z0-9]", line)]
+    assert len(pins) > 100
+    for pin in pins:
+        assert re.match(r"[A-Za-z0-9_.-]+==\S+", pin), pin
+        assert re.search(r"--hash=sha256:[0-9a-f]{64}", pin), f"no hash: {pin}"
+    assert {"torch", "torchvision", "numpy", "jupyterlab"} <= {pin.split("==")[0] for pin in pins}
 
 
 def test_versions_come_from_the_table(default_project):
     pyproject = tomllib.loads((default_project / "pyproject.toml").read_text())
     pins = {dep.split("==")[0]: dep.split("==")[1] for dep in pyproject["project"]["dependencies"] if "==" in dep}
     assert pins == TABLE["frameworks"]["pytorch"]["packages"]
-    assert pyproject["project"]["requires-python"] == ">=3.12,<3.15"
+    assert pyproject["project"]["requires-python"] == ">=3.12,<3.15,!=3.14.1"
     locked = {p["name"]: p["version"] for p in tomllib.loads((default_project / "uv.lock").read_text())["package"]}
     assert {name: locked[name] for name in pins} == pins
     cuda = TABLE["cuda"]["13.0"]
@@ -171,10 +201,12 @@ def test_versions_come_from_the_table(default_project):
     assert f">= {cuda['min_driver']}" in (default_project / "README.md").read_text()
 
 
-def test_generated_files_pass_the_linters(default_project):
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_generated_files_pass_the_linters(bake, manager):
+    default_project = bake(dependency_manager=manager).project_path
     checks = [
         [tool("hadolint"), "Dockerfile"],  # .hadolint.yaml: fail on warnings too
-        [tool("shellcheck"), "docker/with-build-ca"],
+        [tool("shellcheck"), "docker/with-build-ca", "docker/lock"],
         [tool("ruff"), "check", "."],
         [tool("ruff"), "format", "--check", "."],
         [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml"],
@@ -184,16 +216,53 @@ def test_generated_files_pass_the_linters(default_project):
         assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}{result.stderr}"
 
 
-def test_lock_matches_pyproject_offline(default_project):
-    """`uv lock --check` agrees that the lock satisfies pyproject.toml (no network)."""
+def lock_tools_env() -> dict:
+    """PATH with uv and poetry (the dev venv), and a Python the default lock accepts."""
     python = next(
         (str(p) for p in sorted(Path.home().glob(".pyenv/versions/3.1[2-4].*/bin/python3")) if p.exists()),
         None,
     ) or next((p for p in ("/usr/bin/python3.12", "/usr/bin/python3.13") if Path(p).exists()), None)
     if python is None:
         pytest.skip("no Python >= 3.12 interpreter for uv to check the lock with")
-    result = run([tool("uv"), "lock", "--check", "--offline", "--python", python], cwd=default_project)
-    assert result.returncode == 0, result.stderr
+    path = f"{Path(tool('uv')).parent}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "PATH": path, "UV_PYTHON": python, "UV_NO_PYTHON_DOWNLOADS": "1"}
+
+
+NATIVE_LOCK_CHECK = {
+    "uv": ["uv", "lock", "--check", "--offline"],
+    "pip": ["sh", "docker/lock", "--check"],  # requirements.txt records requirements.in's sha256
+    "poetry": ["poetry", "check", "--lock"],
+}
+
+
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_fresh_lock_matches_its_input_offline(bake, manager):
+    project = bake(dependency_manager=manager).project_path
+    env = lock_tools_env()
+    for cmd in (NATIVE_LOCK_CHECK[manager], ["sh", "docker/lock", "--check"]):
+        result = run(cmd, cwd=project, env=env)
+        assert result.returncode == 0, f"{cmd}: {result.stdout}{result.stderr}"
+
+
+# An edit of each manager's input that its lock does not cover.
+INPUT_EDIT = {
+    "uv": ("pyproject.toml", '    "numpy>=1.26",\n', '    "numpy>=1.26",\n    "tqdm",\n'),
+    "pip": ("requirements.in", "numpy>=1.26\n", "numpy>=1.26\ntqdm\n"),
+    "poetry": ("pyproject.toml", '    "numpy>=1.26",\n', '    "numpy>=1.26",\n    "tqdm",\n'),
+}
+
+
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_lock_that_no_longer_matches_its_input_is_refused(bake, manager):
+    project = bake(dependency_manager=manager).project_path
+    name, old, new = INPUT_EDIT[manager]
+    text = (project / name).read_text()
+    assert old in text
+    (project / name).write_text(text.replace(old, new))
+    result = run(["sh", "docker/lock", "--check"], cwd=project, env=lock_tools_env())
+    assert result.returncode == 1
+    lock_name = template_rules.MANAGER_FILES[manager][1]
+    assert f"{lock_name} does not match {name}: run `make lock`" in result.stderr
 
 
 def test_answers_are_data_not_code(bake):
@@ -212,7 +281,7 @@ def test_python_310_uses_ubuntu_2204_and_its_own_lock(bake):
     assert baked.exit_code == 0, baked.output
     assert "ARG BASE_IMAGE=nvidia/cuda:13.0.2-base-ubuntu22.04\n" in (baked.project_path / "Dockerfile").read_text()
     lock = tomllib.loads((baked.project_path / "uv.lock").read_text())
-    assert lock["requires-python"] == ">=3.10, <3.15"
+    assert lock["requires-python"] == ">=3.10, <3.15"  # uv keeps the bounds only
 
 
 def test_regenerating_keeps_the_users_files_and_token(bake, _cookiecutter_config_file):

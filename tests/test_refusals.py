@@ -50,8 +50,6 @@ NOT_A_CHOICE = [
 # Offered, but not built yet in this version of the template (no lock shipped).
 NOT_BUILT_YET = [
     {"framework": "tensorflow", "cuda_version": "12.6"},
-    {"dependency_manager": "pip"},
-    {"dependency_manager": "poetry"},
     {"cuda_version": "12.6"},
     {"cuda_version": "13.2"},
 ]

@@ -45,9 +45,10 @@ def test_derived_values_for_the_defaults():
         "image_name": "gpu_lab:dev",
         "min_driver": cuda["min_driver"],
         "base_image": f"nvidia/cuda:{cuda['image_version']}-base-ubuntu24.04",
-        "requires_python": ">=3.12,<3.15",
+        "requires_python": ">=3.12,<3.15,!=3.14.1",
         "lock_key": "pytorch-cu130-py3.12-uv",
         "wheel_index": "",
+        "wheel_index_name": "",
     }
 
 
@@ -100,14 +101,18 @@ def test_every_shipped_lock_is_an_offered_valid_combination():
         assert template_rules.validate(answers) == [], key
         assert template_rules.derive(answers)["lock_key"] == key
         text = template_rules.shipped_lock(key, answers["dependency_manager"]).read_text()
-        # The only Jinja in a lock is the project's name.
-        assert text.count("{{") == text.count('"{{ cookiecutter.__dist_name }}"') == 1
+        # The only Jinja in a lock is the project's name, which only uv.lock records.
+        expected = 1 if answers["dependency_manager"] == "uv" else 0
+        assert text.count("{{") == text.count('"{{ cookiecutter.__dist_name }}"') == expected
         for marker in ("{%", "{#"):
             assert marker not in text
-        lock = tomllib.loads(text)
-        # Resolved for the container's platforms only, never the host's.
-        normalised = {" and ".join(sorted(marker.split(" and "))) for marker in TABLE["lock_platforms"]}
-        assert set(lock["supported-markers"]) == normalised
+        if answers["dependency_manager"] == "uv":
+            # Resolved for the container's platforms only, never the host's.
+            normalised = {" and ".join(sorted(marker.split(" and "))) for marker in TABLE["lock_platforms"]}
+            assert set(tomllib.loads(text)["supported-markers"]) == normalised
+        if answers["dependency_manager"] == "poetry":
+            requires = template_rules.derive(answers)["requires_python"]
+            assert tomllib.loads(text)["metadata"]["python-versions"] == requires
 
 
 def test_the_templates_own_code_is_lint_clean():
