@@ -38,6 +38,7 @@ SENTINEL_SLUG = "lock_sentinel"
 SENTINEL_DIST = SENTINEL_SLUG.replace("_", "-")
 PLACEHOLDER = "{{ cookiecutter.__dist_name }}"
 TEMPLATE_DIR = REPO / "{{cookiecutter.project_slug}}"
+CONTEXT_FILE = REPO / "cookiecutter.json"
 
 
 def parse_key(key: str) -> dict:
@@ -55,7 +56,7 @@ def render(answers: dict, dest: Path, names: list[str]) -> None:
     """Render project files the way cookiecutter does for a project named SENTINEL_SLUG."""
     context = {
         "cookiecutter": prompt_for_config(
-            generate_context(str(REPO / "cookiecutter.json"), extra_context={"project_name": SENTINEL_SLUG, **answers}),
+            generate_context(str(CONTEXT_FILE), extra_context={"project_name": SENTINEL_SLUG, **answers}),
             no_input=True,
         )
     }
