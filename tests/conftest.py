@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def unavailable(reason: str):
 
 
 @pytest.fixture(scope="session")
-def docker_env() -> DockerEnv:
+def docker_env() -> Iterator[DockerEnv]:
     # The Debian client (engine 20.10) has BuildKit built in; a newer client may lack buildx.
     cli = os.environ.get("DOCKER") or (
         "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
@@ -130,7 +131,10 @@ def docker_env() -> DockerEnv:
         unavailable(f"base image {base} is missing: run tests/docker/make-base-image.sh")
     # Containers here must trust the network's TLS-intercepting proxy: pass the host's bundle.
     ca_bundle = os.environ.get("TEST_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
-    return DockerEnv(cli=cli, base_image=base, ca_bundle=ca_bundle if Path(ca_bundle).is_file() else None)
+    yield DockerEnv(cli=cli, base_image=base, ca_bundle=ca_bundle if Path(ca_bundle).is_file() else None)
+    if os.environ.get("DOCKER_TEST_PRUNE") == "1":
+        # CI leaves the machine as it found it: the download caches go too.
+        run([cli, "builder", "prune", "-af"])
 
 
 def pytest_terminal_summary(terminalreporter):

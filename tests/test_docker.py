@@ -131,7 +131,20 @@ def project(request, docker_env, tmp_path_factory) -> RunningProject:
         )
         yield running
     finally:
-        running.compose("down", "-v", "--rmi", "all", "--remove-orphans", check=False)
+        running.compose("--profile", "tools", "down", "-v", "--rmi", "all", "--remove-orphans", check=False)
+        remove_images_and_layers(docker_env, running.slug)
+
+
+def remove_images_and_layers(docker_env, project_name: str) -> None:
+    """A PyTorch image is about 6 GB: remove every image this project built (rebuilds
+    leave untagged ones) and, where asked (CI), BuildKit's cached layers. Cache mounts
+    (the uv/poetry download caches) stay, so the next project downloads nothing twice."""
+    label = f"label=com.docker.compose.project={project_name}"
+    images = run([docker_env.cli, "image", "ls", "-q", "--filter", label]).stdout.split()
+    if images:
+        run([docker_env.cli, "image", "rm", "-f", *sorted(set(images))])
+    if os.environ.get("DOCKER_TEST_PRUNE") == "1":
+        run([docker_env.cli, "builder", "prune", "-f", "--filter", "type=regular"])
 
 
 def test_jupyter_answers_with_the_token_and_refuses_without(project):
