@@ -28,5 +28,7 @@ class TemplateRules(Extension):
         environment.globals["template_rules_dir"] = str(Path(template_rules.__file__).resolve().parent)
         # The project's direct dependencies, for pyproject.toml and requirements.in.
         environment.globals["requirements"] = lambda answers: template_rules.requirements(dict(answers))
+        # Each manager's (input, lock, tool requirements) file names.
+        environment.globals["manager_files"] = template_rules.MANAGER_FILES
         # The table itself, for blocks that list its facts (pinned packages, platforms).
         environment.globals["compat"] = template_rules.load_table()

@@ -51,7 +51,8 @@ def load_table(path: Path = TABLE_PATH) -> dict:
 
 
 def cuda_label(table: dict, cuda: str) -> str:
-    return f"CUDA {cuda} (NVIDIA driver >= {table['cuda'][cuda]['min_driver']})"
+    users = [spec["label"] for spec in table["frameworks"].values() if cuda in spec["cuda"]]
+    return f"CUDA {cuda} (NVIDIA driver >= {table['cuda'][cuda]['min_driver']}; {', '.join(users)})"
 
 
 def python_label(table: dict, python: str) -> str:
@@ -112,7 +113,11 @@ def requirements(answers: dict, table: dict | None = None) -> list[str]:
     """The project's direct dependencies (PEP 508), the same for every manager."""
     table = table or load_table()
     framework = table["frameworks"][answers["framework"]]
-    pinned = [f"{name}=={version}" for name, version in framework["packages"].items()]
+    extras = framework.get("extras", {})
+    pinned = [
+        f"{name}[{extras[name]}]=={version}" if name in extras else f"{name}=={version}"
+        for name, version in framework["packages"].items()
+    ]
     return [*pinned, f"numpy{framework['numpy']}", *table["common_requirements"]]
 
 

@@ -46,6 +46,22 @@ COMMON_FILES = {
     "src/gpu_lab/__init__.py",
 }
 MANAGERS = ["uv", "pip", "poetry"]
+# Every combination the template offers: one shipped lock each.
+SUPPORTED = sorted(path.name for path in template_rules.LOCKS_DIR.iterdir())
+FRAMEWORK_CUDA = {"pytorch": "13.0", "tensorflow": "12.5"}
+
+
+def answers_for(key: str) -> dict:
+    framework, cuda, python, manager = key.split("-")
+    cuda = cuda.removeprefix("cu")
+    return {
+        "framework": framework,
+        "cuda_version": f"{cuda[:-1]}.{cuda[-1]}",
+        "python_version": python.removeprefix("py"),
+        "dependency_manager": manager,
+    }
+
+
 DEFAULT_FILES = COMMON_FILES | set(template_rules.MANAGER_FILES["uv"])
 
 
@@ -84,11 +100,26 @@ def compose_config(project: Path, compose_file: str | None = None) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("manager", MANAGERS)
-def test_each_manager_gets_exactly_its_files(bake, manager):
-    baked = bake(dependency_manager=manager)
+@pytest.mark.parametrize("key", SUPPORTED)
+def test_every_supported_combination_bakes_exactly_its_files(bake, key):
+    answers = answers_for(key)
+    baked = bake(**answers)
     assert baked.exit_code == 0, baked.output
-    assert files_of(baked.project_path) == COMMON_FILES | set(template_rules.MANAGER_FILES[manager])
+    project = baked.project_path
+    assert files_of(project) == COMMON_FILES | set(template_rules.MANAGER_FILES[answers["dependency_manager"]])
+    for name in files_of(project):
+        text = (project / name).read_text(encoding="utf-8")
+        for marker in ("{{", "{%", "{#", "cookiecutter."):
+            assert marker not in text, f"{marker!r} left in {name}"
+    lock_name = template_rules.MANAGER_FILES[answers["dependency_manager"]][1]
+    shipped = template_rules.shipped_lock(key, answers["dependency_manager"]).read_text()
+    assert (project / lock_name).read_text() == shipped.replace("{{ cookiecutter.__dist_name }}", "gpu-lab")
+    cuda = TABLE["cuda"][answers["cuda_version"]]
+    ubuntu = TABLE["python"][answers["python_version"]]["ubuntu"]
+    assert (
+        f"ARG BASE_IMAGE=nvidia/cuda:{cuda['image_version']}-base-ubuntu{ubuntu}\n"
+        in (project / "Dockerfile").read_text()
+    )
 
 
 def test_default_project_has_exactly_the_expected_files(default_project):
@@ -201,9 +232,11 @@ def test_versions_come_from_the_table(default_project):
     assert f">= {cuda['min_driver']}" in (default_project / "README.md").read_text()
 
 
-@pytest.mark.parametrize("manager", MANAGERS)
-def test_generated_files_pass_the_linters(bake, manager):
-    default_project = bake(dependency_manager=manager).project_path
+@pytest.mark.parametrize("key", [k for k in SUPPORTED if "-py3.12-" in k])
+def test_generated_files_pass_the_linters(bake, key):
+    """hadolint (warnings fail), shellcheck, ruff, the compose-spec schema, and
+    `docker compose config` with and without the GPU file, for every framework and manager."""
+    project = bake(**answers_for(key)).project_path
     checks = [
         [tool("hadolint"), "Dockerfile"],  # .hadolint.yaml: fail on warnings too
         [tool("shellcheck"), "docker/with-build-ca", "docker/lock"],
@@ -212,8 +245,21 @@ def test_generated_files_pass_the_linters(bake, manager):
         [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml"],
     ]
     for cmd in checks:
-        result = run(cmd, cwd=default_project)
+        result = run(cmd, cwd=project)
         assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}{result.stderr}"
+    assert "deploy" not in compose_config(project, "compose.yaml")["services"]["lab"]
+    assert "deploy" in compose_config(project)["services"]["lab"]
+
+
+def test_tensorflow_project_grows_gpu_memory_and_installs_the_cuda_extra(bake):
+    baked = bake(framework="tensorflow", cuda_version="12.5")
+    assert baked.exit_code == 0, baked.output
+    project = baked.project_path
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"tensorflow[and-cuda]=={TABLE['frameworks']['tensorflow']['packages']['tensorflow']}" in dependencies
+    lab = yaml.safe_load((project / "compose.yaml").read_text())["services"]["lab"]
+    assert lab["environment"]["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert "TF_FORCE_GPU_ALLOW_GROWTH" not in (bake().project_path / "compose.yaml").read_text()
 
 
 def lock_tools_env() -> dict:

@@ -38,6 +38,8 @@ class RunningProject:
     slug: str
     name: str
     manager: str
+    framework: str
+    cuda: str
 
     def compose(self, *args: str, check: bool = True):
         result = run([self.docker, "compose", *args], cwd=self.path, env=self.env)
@@ -88,6 +90,19 @@ VARIANTS = [
     pytest.param(
         {"project_name": "Docker Poetry", "jupyter_host_port": 28884, "dependency_manager": "poetry"}, id="poetry"
     ),
+    *(
+        pytest.param(
+            {
+                "project_name": f"Docker TF {manager}",
+                "jupyter_host_port": port,
+                "framework": "tensorflow",
+                "cuda_version": "12.5",
+                "dependency_manager": manager,
+            },
+            id=f"tensorflow-{manager}",
+        )
+        for manager, port in (("uv", 28885), ("pip", 28886), ("poetry", 28887))
+    ),
 ]
 INSTALLED_MATCHES = (Path(__file__).parent / "docker" / "installed_matches.py").read_text()
 
@@ -116,6 +131,8 @@ def project(request, docker_env, tmp_path_factory) -> RunningProject:
         slug=path.name,
         name=answers["project_name"],
         manager=answers.get("dependency_manager", "uv"),
+        framework=answers.get("framework", "pytorch"),
+        cuda=answers.get("cuda_version", "13.0"),
     )
     try:
         start = time.monotonic()
@@ -179,9 +196,10 @@ def test_container_runs_as_the_configured_user(project):
 def test_gpu_test_reports_the_cpu_and_no_gpu(project):
     result = project.exec("python", "gpu_test.py", "--quick", "--json")
     report = json.loads(result.stdout)
-    torch_version = template_rules.load_table()["frameworks"]["pytorch"]["packages"]["torch"]
-    assert report["framework_version"].split("+")[0] == torch_version
-    assert report["cuda_build"] == "13.0"
+    framework = template_rules.load_table()["frameworks"][project.framework]
+    assert report["framework"] == project.framework
+    assert report["framework_version"].split("+")[0] == template_rules.framework_version(framework)
+    assert report["cuda_build"].startswith(project.cuda)  # the build's CUDA, not the image's
     assert report["gpu_available"] is False and report["gpus"] == []
     assert report["cpu_fp32_gflops"] > 0
     table = project.exec("python", "gpu_test.py", "--quick").stdout

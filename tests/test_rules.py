@@ -81,7 +81,8 @@ def test_cookiecutter_json_is_generated_from_the_table():
 def test_prompt_labels_show_the_minimum_driver():
     labels = json.loads((TEMPLATE / "cookiecutter.json").read_text())["__prompts__"]["cuda_version"]
     for cuda, facts in TABLE["cuda"].items():
-        assert labels[cuda] == f"CUDA {cuda} (NVIDIA driver >= {facts['min_driver']})"
+        assert labels[cuda].startswith(f"CUDA {cuda} (NVIDIA driver >= {facts['min_driver']}; ")
+    assert labels["13.0"].endswith("; PyTorch)") and labels["12.5"].endswith("; TensorFlow)")
 
 
 def test_default_cuda_is_the_plain_pypi_build():

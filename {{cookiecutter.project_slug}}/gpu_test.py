@@ -14,6 +14,7 @@ the work ends, after a warm-up run, and reports the median of several repetition
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -148,12 +149,90 @@ def torch_report(args: argparse.Namespace) -> dict:
     return report
 
 
+def tensorflow_report(args: argparse.Namespace) -> dict:
+    # Before the import: TensorFlow's C++ INFO lines would bury the report.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+
+    n = args.size or (1024 if args.quick else 4096)
+    repeats = args.repeats or (3 if args.quick else 10)
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # Take GPU memory as needed instead of all of it at start (TensorFlow's default),
+        # so notebooks and scripts can share the GPU. Must precede any GPU use.
+        tf.config.experimental.set_memory_growth(gpu, True)
+    build = tf.sysconfig.get_build_info()
+    arch_list = build.get("cuda_compute_capabilities", [])
+    report = {
+        "framework": "tensorflow",
+        "framework_version": tf.__version__,
+        "cuda_build": build.get("cuda_version"),
+        "cudnn": build.get("cudnn_version"),
+        "driver": driver_version(),
+        "gpus": [],
+        "gpu_available": bool(gpus),
+        "matmul_n": n,
+        "cpu_threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
+    }
+    for index, gpu in enumerate(gpus):
+        details = tf.config.experimental.get_device_details(gpu)
+        major, minor = details.get("compute_capability", (0, 0))
+        report["gpus"].append(
+            {
+                "index": index,
+                "name": details.get("device_name", gpu.name),
+                "compute_capability": f"{major}.{minor}",
+                "memory_gib": None,  # TensorFlow reports it only after allocating
+                "supported_by_build": f"sm_{major}{minor}" in arch_list
+                or any(arch.startswith("compute_") and int(arch[8:]) <= major * 10 + minor for arch in arch_list),
+            }
+        )
+
+    def product_on(device: str):
+        with tf.device(device):
+            a = tf.random.normal((n, n), seed=1)
+            b = tf.random.normal((n, n), seed=2)
+            # .numpy() waits for the result: the clock stops when the work is done.
+            return a, b, lambda: tf.reduce_sum(tf.matmul(a, b)).numpy()
+
+    a_cpu, b_cpu, run_cpu = product_on("/CPU:0")
+    cpu_seconds = median_seconds(run_cpu, lambda: None, max(1, repeats // 3))
+    report["cpu_fp32_seconds"] = cpu_seconds
+    report["cpu_fp32_gflops"] = 2 * n**3 / cpu_seconds / 1e9
+    if not gpus:
+        report["no_gpu_reason"] = (
+            "this TensorFlow build has no CUDA support"
+            if not build.get("is_cuda_build")
+            else "TensorFlow found no GPU (TF_CPP_MIN_LOG_LEVEL=0 shows which CUDA library it could not load)"
+        )
+        return report
+    tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32
+    with tf.device("/GPU:0"):
+        a_gpu, b_gpu = tf.identity(a_cpu), tf.identity(b_cpu)
+        gpu_seconds = median_seconds(lambda: tf.reduce_sum(tf.matmul(a_gpu, b_gpu)).numpy(), lambda: None, repeats)
+        gpu_result = tf.matmul(a_gpu, b_gpu).numpy()
+    report["gpu_fp32_seconds"] = gpu_seconds
+    report["gpu_fp32_tflops"] = 2 * n**3 / gpu_seconds / 1e12
+    report["speedup_fp32"] = cpu_seconds / gpu_seconds
+    with tf.device("/CPU:0"):
+        cpu_result = tf.matmul(a_cpu, b_cpu).numpy()
+    report["results_match"] = bool(np.allclose(gpu_result, cpu_result, rtol=1e-3, atol=1e-2 * n**0.5))
+    return report
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def collect(args: argparse.Namespace) -> dict:
     report = {"python": platform.python_version(), "machine": platform.machine(), **shm_report()}
-    try:
+    if installed("torch"):
         report.update(torch_report(args))
-    except ImportError as error:
-        report.update({"framework": None, "gpu_available": False, "no_gpu_reason": f"no framework: {error}"})
+    elif installed("tensorflow"):
+        report.update(tensorflow_report(args))
+    else:
+        report.update({"framework": None, "gpu_available": False, "no_gpu_reason": "neither PyTorch nor TensorFlow"})
     return report
 
 
@@ -179,12 +258,16 @@ def print_table(report: dict) -> None:
         for hint in NO_GPU_HINTS:
             print(f"   - {hint}")
     for gpu in report.get("gpus", []):
-        row(f"[{gpu['index']}] {gpu['name']}", f"compute {gpu['compute_capability']}, {gpu['memory_gib']} GiB")
+        memory = f", {gpu['memory_gib']} GiB" if gpu["memory_gib"] else ""
+        row(f"[{gpu['index']}] {gpu['name']}", f"compute {gpu['compute_capability']}{memory}")
         if not gpu["supported_by_build"]:
             print(
                 f"  WARNING: this {report['framework']} build has no kernels for compute {gpu['compute_capability']}; "
                 "choose a CUDA build that supports this GPU."
             )
+
+    if report.get("framework") == "tensorflow" and report["gpu_available"]:
+        print("  GPU memory growth is on: TensorFlow takes GPU memory as it needs it, not all at start.")
 
     if "cpu_fp32_gflops" in report:
         n = report["matmul_n"]
