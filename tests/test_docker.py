@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -277,3 +280,86 @@ def test_down_v_keeps_the_users_files(project):
     project.compose("up", "-d")
     wait_for_jupyter(project)
     assert project.exec("cat", "notebooks/mine.txt").stdout == "work\n"
+
+
+def pem_blocks(text: str) -> set[str]:
+    return set(re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.DOTALL))
+
+
+def extra_ca_lines(project: RunningProject, docker_env) -> list[str]:
+    """Base64 lines of the certificates the host trusts beyond the image's own bundle:
+    this network's TLS-intercepting proxy CA, the one passed as a build secret."""
+    if not docker_env.ca_bundle:
+        return []
+    image_bundle = project.exec("cat", "/etc/ssl/certs/ca-certificates.crt").stdout
+    extra = pem_blocks(Path(docker_env.ca_bundle).read_text()) - pem_blocks(image_bundle)
+    return [line for block in extra for line in block.splitlines()[1:-1] if len(line) == 64]
+
+
+def scan_stream(stream, needles: list[bytes], found: set[bytes]) -> None:
+    """Search a file object in chunks, overlapping by the longest needle."""
+    overlap = max(map(len, needles)) - 1
+    tail = b""
+    while chunk := stream.read(16 << 20):
+        window = tail + chunk
+        found.update(needle for needle in needles if needle in window)
+        tail = window[-overlap:] if overlap else b""
+
+
+def scan_saved_image(docker: str, image: str, needles: list[bytes]) -> list[bytes]:
+    """`docker save`, streamed: every file of every layer searched for the needles."""
+    found: set[bytes] = set()
+    with (
+        subprocess.Popen([docker, "save", image], stdout=subprocess.PIPE) as save,
+        tarfile.open(fileobj=save.stdout, mode="r|") as outer,
+    ):
+        for member in outer:
+            if not member.isfile():
+                continue
+            handle = outer.extractfile(member)
+            if member.name.endswith(".tar"):  # a layer: search the files inside it
+                with tarfile.open(fileobj=handle, mode="r|") as layer:
+                    for entry in layer:
+                        if entry.isfile():
+                            scan_stream(layer.extractfile(entry), needles, found)
+            else:  # image config and manifest
+                scan_stream(handle, needles, found)
+    return sorted(found)
+
+
+def test_no_secret_reaches_the_image(project, docker_env):
+    """The token and the CA bundle appear nowhere in the image: not in its history, its
+    metadata, nor (default project) in any file of any layer of `docker save`."""
+    image = f"{project.slug}:dev"
+    ca_lines = extra_ca_lines(project, docker_env)
+    history = run([docker_env.cli, "history", "--no-trunc", image]).stdout
+    inspect = run([docker_env.cli, "image", "inspect", image]).stdout
+    for text in (history, inspect):
+        assert project.token not in text
+        assert "BEGIN CERTIFICATE" not in text
+        assert not [line for line in ca_lines if line in text]
+    if project.name == "Docker Default":
+        needles = [project.token.encode(), *(line.encode() for line in ca_lines[:3])]
+        assert scan_saved_image(docker_env.cli, image, needles) == []
+
+
+def test_jupyter_prints_the_host_address_and_listens_on_loopback_only(project):
+    logs = project.compose("logs", "--no-color", "lab").stdout
+    assert f"http://127.0.0.1:{project.host_port}/lab" in logs
+    assert f":{project.container_port}/" not in logs.split("is running at:")[-1].split("\n")[1]
+    listeners = run(["ss", "-ltnH", f"sport = :{project.host_port}"]).stdout.split("\n")
+    addresses = {line.split()[3].rsplit(":", 1)[0] for line in listeners if line.strip()}
+    assert addresses == {"127.0.0.1"}, listeners
+
+
+def test_build_without_the_ca_bundle_fails_and_says_how_to_pass_it(project, docker_env):
+    """Behind this network's TLS-intercepting proxy, the CA secret is what makes builds
+    work: without it the first download fails, with a message naming CA_BUNDLE."""
+    if project.name != "Docker Default" or not extra_ca_lines(project, docker_env):
+        return  # once is enough; and without an intercepting proxy there is nothing to show
+    env = {key: value for key, value in project.env.items() if key != "CA_BUNDLE"}
+    result = run([docker_env.cli, "compose", "build", "--no-cache", "lock"], cwd=project.path, env=env)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "set CA_BUNDLE=/path/to/your-company-ca.pem in .env" in output
+    assert re.search(r"certificate|SSL|TLS", output)

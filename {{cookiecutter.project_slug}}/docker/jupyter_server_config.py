@@ -13,5 +13,14 @@ c.ServerApp.root_dir = "/workspace"
 # Print the address to open on the host, not the container's port.
 if os.environ.get("JUPYTER_HOST_PORT"):
     c.ServerApp.custom_display_url = f"http://127.0.0.1:{os.environ['JUPYTER_HOST_PORT']}/lab"
+# Published beyond the host's loopback (JUPYTER_BIND_ADDRESS in .env): say so loudly.
+bind_address = os.environ.get("JUPYTER_BIND_ADDRESS", "127.0.0.1")
+if bind_address not in ("127.0.0.1", "localhost", "::1"):
+    print(
+        f"WARNING: Jupyter is published on {bind_address}, not only 127.0.0.1: anyone who can reach "
+        "that address and has the token can run code as you. Remove JUPYTER_BIND_ADDRESS from .env "
+        "to undo.",
+        flush=True,
+    )
 # New notebooks start on the project's kernel.
 c.MappingKernelManager.default_kernel_name = "{{ cookiecutter.project_slug }}"
