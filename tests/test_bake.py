@@ -9,13 +9,14 @@ import re
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 import json5
 import pytest
 import yaml
-from conftest import TEMPLATE, run, template_rules, tool
+from conftest import BENCHMARKS, TEMPLATE, run, template_rules, tool
 from cookiecutter.main import cookiecutter
 
 TABLE = template_rules.load_table()
@@ -356,13 +357,17 @@ def test_root_hands_the_project_to_the_configured_user(bake):
     assert owners == {(4321, 4322)}
 
 
-def test_generation_works_offline_from_a_relative_path(tmp_path):
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_generation_works_offline_from_a_relative_path(tmp_path, manager):
     """Generation needs no network: run it in a network namespace with no interfaces,
     from the template's folder as `cookiecutter .` (hooks must not rely on the cwd)."""
     if run(["unshare", "-n", "true"]).returncode != 0:
         pytest.skip("cannot create a network namespace here (needs root)")
     cmd = ["unshare", "-n", sys.executable, "-m", "cookiecutter", "--no-input", ".", "-o", str(tmp_path)]
+    cmd.append(f"dependency_manager={manager}")
     env = {**os.environ, "HOME": str(tmp_path)}
+    start = time.monotonic()
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=TEMPLATE, check=False)
+    BENCHMARKS.append(f"offline generation ({manager}): {time.monotonic() - start:.2f} s")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "gpu_lab/uv.lock").is_file()
+    assert (tmp_path / "gpu_lab" / template_rules.MANAGER_FILES[manager][1]).is_file()

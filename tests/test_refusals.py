@@ -36,6 +36,14 @@ BAD_VALUES = [
     ({"project_slug": "a" * 61}, "project_slug"),
     ({"project_name": "3D Lab"}, "project_slug"),  # the derived slug starts with a digit
     ({"project_name": "  "}, "project_name"),
+    ({"project_name": "Lab\nTwo"}, "project_name"),
+    ({"project_slug": "_lab"}, "project_slug"),
+    ({"project_slug": "typing"}, "project_slug"),  # shadows the standard library
+    ({"jupyter_host_port": "８８８８"}, "jupyter_host_port"),  # full-width digits
+    ({"jupyter_host_port": "+8080"}, "jupyter_host_port"),
+    ({"uid": " 1000"}, "uid"),
+    ({"uid": "0x10"}, "uid"),
+    ({"gid": -1}, "gid"),
 ]
 
 # Values that are not among cookiecutter.json's choices: cookiecutter itself refuses them
@@ -72,11 +80,16 @@ def test_value_outside_the_choices_is_refused(bake, answers, field):
     assert_refused(bake(**answers), field)
 
 
-def test_tensorflow_with_a_cuda_it_has_no_build_for_is_refused(bake):
-    baked = bake(framework="tensorflow", cuda_version="13.0")
+@pytest.mark.parametrize(("framework", "cuda"), [("tensorflow", "13.0"), ("tensorflow", "12.6"),
+                                                 ("tensorflow", "13.2"), ("pytorch", "12.5")])  # fmt: skip
+def test_framework_with_a_cuda_it_has_no_build_for_is_refused(bake, framework, cuda):
+    baked = bake(framework=framework, cuda_version=cuda)
     assert_refused(baked, "cuda_version")
-    assert "TensorFlow 2.21.0 has no CUDA 13.0 build" in baked.output
-    assert "answer one of: 12.5" in baked.output
+    label = {"tensorflow": "TensorFlow 2.21.0", "pytorch": "PyTorch 2.14.1"}[framework]
+    assert f"{label} has no CUDA {cuda} build" in baked.output
+    assert {"tensorflow": "answer one of: 12.5", "pytorch": "answer one of: 13.0, 12.6, 13.2"}[
+        framework
+    ] in baked.output
 
 
 @pytest.mark.parametrize("answers", NOT_BUILT_YET, ids=repr)
