@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -122,3 +123,36 @@ def test_the_templates_own_code_is_lint_clean():
     for cmd in ([tool("ruff"), "check", "."], [tool("ruff"), "format", "--check", "."]):
         result = run(cmd, cwd=TEMPLATE)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Version facts: an image tag, a driver version, a framework pin.
+VERSION_FACT = re.compile(
+    r"nvidia/cuda:[\w.-]+\d|\b\d{3}\.\d{2,3}(?:\.\d{2})?\b|\b(?:torch|torchvision|tensorflow)(?:\[[\w-]+\])?==[\w.+]+"
+)
+# Generated from the table, or locks: the only other places versions may appear.
+GENERATED = ("compat.yaml", "cookiecutter.json", "templates/locks/", "requirements.txt", "requirements-dev.")
+
+
+def test_version_facts_are_written_only_in_the_table():
+    sources = [p for p in TEMPLATE.rglob("*") if p.is_file() and not {".git", ".venv", "tests"} & set(p.parts)]
+    for path in sources:
+        relative = str(path.relative_to(TEMPLATE))
+        if relative.startswith(GENERATED) or relative.endswith(GENERATED) or "__pycache__" in relative:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        assert not VERSION_FACT.findall(text), f"{relative}: {VERSION_FACT.findall(text)}"
+
+
+@pytest.mark.parametrize("key", sorted(path.name for path in template_rules.LOCKS_DIR.iterdir()))
+def test_rendered_files_name_only_versions_from_the_table(bake, key):
+    sys.path.insert(0, str(TEMPLATE / "scripts"))
+    import relock
+
+    answers = relock.parse_key(key)
+    project = bake(**answers).project_path
+    derived = template_rules.derive({**DEFAULT_ANSWERS, **answers})
+    allowed = {derived["base_image"], derived["min_driver"], *template_rules.requirements(answers)}
+    for path in project.rglob("*"):
+        if path.is_file() and path.name not in ("uv.lock", "poetry.lock", "requirements.txt") and path.suffix != ".txt":
+            for fact in VERSION_FACT.findall(path.read_text()):
+                assert fact in allowed, f"{path.name} names {fact}, which compat.yaml does not"
