@@ -137,6 +137,16 @@ def docker_env() -> Iterator[DockerEnv]:
         run([cli, "builder", "prune", "-af"])
 
 
+@pytest.fixture(scope="session")
+def devcontainer_cli() -> str:
+    """The real devcontainer CLI (npm: @devcontainers/cli); .ci/run installs it and sets
+    DEVCONTAINER."""
+    cli = os.environ.get("DEVCONTAINER") or shutil.which("devcontainer")
+    if not cli or run([cli, "--version"]).returncode != 0:
+        unavailable("the devcontainer CLI is missing (npm install @devcontainers/cli; set DEVCONTAINER)")
+    return cli
+
+
 def pytest_terminal_summary(terminalreporter):
     if BENCHMARKS:
         terminalreporter.section("measured (figures, not assertions)")

@@ -23,6 +23,7 @@ TABLE = template_rules.load_table()
 
 COMMON_FILES = {
     ".devcontainer/devcontainer.json",
+    ".devcontainer/select-gpu",
     ".dockerignore",
     ".env",
     ".env.example",
@@ -148,7 +149,7 @@ def test_every_structured_file_parses(default_project):
 
 
 def test_helper_scripts_are_executable(default_project):
-    for name in ("docker/with-build-ca", "docker/lock"):
+    for name in ("docker/with-build-ca", "docker/lock", ".devcontainer/select-gpu"):
         assert (default_project / name).stat().st_mode & stat.S_IXUSR, name
 
 
@@ -240,7 +241,7 @@ def test_generated_files_pass_the_linters(bake, key):
     project = bake(**answers_for(key)).project_path
     checks = [
         [tool("hadolint"), "Dockerfile"],  # .hadolint.yaml: fail on warnings too
-        [tool("shellcheck"), "docker/with-build-ca", "docker/lock"],
+        [tool("shellcheck"), "docker/with-build-ca", "docker/lock", ".devcontainer/select-gpu"],
         [tool("ruff"), "check", "."],
         [tool("ruff"), "format", "--check", "."],
         [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml"],

@@ -157,10 +157,12 @@ def project(request, docker_env, tmp_path_factory) -> RunningProject:
 
 def remove_images_and_layers(docker_env, project_name: str) -> None:
     """A PyTorch image is about 6 GB: remove every image this project built (rebuilds
-    leave untagged ones) and, where asked (CI), BuildKit's cached layers. Cache mounts
-    (the uv/poetry download caches) stay, so the next project downloads nothing twice."""
+    leave untagged ones, the devcontainer CLI adds its own on top) and, where asked (CI),
+    BuildKit's cached layers. Cache mounts (the uv/poetry download caches) stay, so the
+    next project downloads nothing twice."""
     label = f"label=com.docker.compose.project={project_name}"
     images = run([docker_env.cli, "image", "ls", "-q", "--filter", label]).stdout.split()
+    images += run([docker_env.cli, "image", "ls", "-q", "--filter", f"reference=vsc-{project_name}-*"]).stdout.split()
     if images:
         run([docker_env.cli, "image", "rm", "-f", *sorted(set(images))])
     if os.environ.get("DOCKER_TEST_PRUNE") == "1":
@@ -363,3 +365,39 @@ def test_build_without_the_ca_bundle_fails_and_says_how_to_pass_it(project, dock
     output = result.stdout + result.stderr
     assert "set CA_BUNDLE=/path/to/your-company-ca.pem in .env" in output
     assert re.search(r"certificate|SSL|TLS", output)
+
+
+# The default project, and one other framework and manager.
+DEVCONTAINER_VARIANTS = {"Docker Default", "Docker TF pip"}
+
+
+def test_devcontainer_cli_opens_the_project_as_the_user_with_its_environment(project, docker_env, devcontainer_cli):
+    """The real devcontainer CLI: `up` on a machine without a GPU (COMPOSE_FILE says so),
+    then `exec` shows the user, the workspace, /opt/venv's Python and the framework, and
+    the first notebook runs through the project's kernel. Last in the module: it
+    recreates the container with the CLI's settings."""
+    if project.name not in DEVCONTAINER_VARIANTS:
+        return
+    cli = [devcontainer_cli, "--workspace-folder", str(project.path), "--docker-path", docker_env.cli]
+    up = run([devcontainer_cli, "up", *cli[1:]], cwd=project.path, env=project.env)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    outcome = json.loads(up.stdout.strip().splitlines()[-1])
+    assert outcome["outcome"] == "success" and outcome["remoteUser"] == "dev"
+    assert outcome["remoteWorkspaceFolder"] == "/workspace"
+    module = {"pytorch": "torch", "tensorflow": "tensorflow"}[project.framework]
+    probe = f"id -u; id -g; pwd; command -v python; python -c 'import {module}; print(\"imported\")'"
+    shown = run([devcontainer_cli, "exec", *cli[1:], "sh", "-c", probe], cwd=project.path, env=project.env)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    lines = shown.stdout.strip().splitlines()[-5:]
+    assert lines == [str(project.uid), str(project.gid), "/workspace", "/opt/venv/bin/python", "imported"]
+    notebook = run(
+        [devcontainer_cli, "exec", *cli[1:], "jupyter", "nbconvert", "--to", "notebook", "--execute", "--stdout",
+         "notebooks/gpu_check.ipynb"],
+        cwd=project.path,
+        env=project.env,
+    )  # fmt: skip
+    assert notebook.returncode == 0, notebook.stderr[-3000:]
+    executed = json.loads(notebook.stdout)
+    assert executed["metadata"]["kernelspec"]["name"] == project.slug
+    text = json.dumps(executed["cells"][1]["outputs"])
+    assert "No GPU is usable" in text and "GFLOP/s" in text

@@ -120,7 +120,8 @@ def test_every_shipped_lock_is_an_offered_valid_combination():
 def test_the_templates_own_code_is_lint_clean():
     from conftest import run, tool
 
-    for cmd in ([tool("ruff"), "check", "."], [tool("ruff"), "format", "--check", "."]):
+    scripts = [".ci/run", ".ci/install-docker.sh", "tests/docker/make-base-image.sh"]
+    for cmd in ([tool("ruff"), "check", "."], [tool("ruff"), "format", "--check", "."], [tool("shellcheck"), *scripts]):
         result = run(cmd, cwd=TEMPLATE)
         assert result.returncode == 0, result.stdout + result.stderr
 
