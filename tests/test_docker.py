@@ -207,6 +207,8 @@ def test_gpu_test_reports_the_cpu_and_no_gpu(project):
     assert report["cuda_build"].startswith(project.cuda)  # the build's CUDA, not the image's
     assert report["gpu_available"] is False and report["gpus"] == []
     assert report["cpu_fp32_gflops"] > 0
+    if project.framework == "pytorch":
+        assert report["train_cpu_samples_per_s"] > 0  # a real training step, timed
     table = project.exec("python", "gpu_test.py", "--quick").stdout
     assert "No GPU is usable" in table and "GFLOP/s" in table
     assert project.exec("python", "gpu_test.py", "--quick", "--require-gpu", check=False).returncode == 1
@@ -377,8 +379,8 @@ DEVCONTAINER_VARIANTS = {"Docker Default", "Docker TF pip"}
 def test_devcontainer_cli_opens_the_project_as_the_user_with_its_environment(project, docker_env, devcontainer_cli):
     """The real devcontainer CLI: `up` on a machine without a GPU (COMPOSE_FILE says so),
     then `exec` shows the user, the workspace, /opt/venv's Python and the framework, and
-    the first notebook runs through the project's kernel. Last in the module: it
-    recreates the container with the CLI's settings."""
+    the first notebook runs through the project's kernel. It may recreate the container
+    with the CLI's settings; the tests after it use that one."""
     if project.name not in DEVCONTAINER_VARIANTS:
         return
     cli = [devcontainer_cli, "--workspace-folder", str(project.path), "--docker-path", docker_env.cli]
@@ -406,3 +408,32 @@ def test_devcontainer_cli_opens_the_project_as_the_user_with_its_environment(pro
     assert executed["metadata"]["kernelspec"]["name"] == project.slug
     text = json.dumps(executed["cells"][1]["outputs"])
     assert "No GPU is usable" in text and "GFLOP/s" in text
+
+
+def test_allreduce_check_runs_on_two_processes_with_gloo(project):
+    """The multi-GPU code path, on CPU processes: torchrun, torch.distributed, gloo."""
+    if project.framework != "pytorch":
+        return  # TensorFlow has no torchrun path
+    result = project.exec(
+        "torchrun", "--standalone", "--nproc-per-node", "2", "gpu_test.py", "--allreduce", "--json", "--quick"
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["ok"] is True and report["backend"] == "gloo" and report["world_size"] == 2
+    assert report["busbw_gbps"] > 0
+
+
+def test_product_time_grows_with_n_cubed(project):
+    """The reported time is the work's: doubling n multiplies it by about eight."""
+    if project.name != "Docker Default":
+        return
+    probe = (
+        "import json, torch, gpu_test\n"
+        "times = {}\n"
+        "for n in (256, 512, 1024):\n"
+        "    a, b = torch.randn(n, n), torch.randn(n, n)\n"
+        "    times[n] = gpu_test.median_seconds(lambda: a @ b, lambda: None, 5)\n"
+        "print(json.dumps(times))\n"
+    )
+    times = {int(n): t for n, t in json.loads(project.exec("python", "-c", probe).stdout).items()}
+    for small, large in ((256, 512), (512, 1024)):
+        assert 3 < times[large] / times[small] < 20, times

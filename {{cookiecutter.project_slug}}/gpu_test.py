@@ -1,14 +1,17 @@
-"""GPU self-test: which GPU and CUDA the framework really uses, and how much faster the
-GPU is than the CPU on the same work, measured correctly.
+"""GPU self-test: which GPU, driver and CUDA the framework really uses, and how fast the
+GPU is, against the CPU, on the same work, measured correctly.
 
     python gpu_test.py                 # report and benchmark, readable table
     python gpu_test.py --quick         # small sizes, a few seconds (CI, first check)
     python gpu_test.py --json          # the same as JSON, for scripts
     python gpu_test.py --require-gpu   # exit 1 when no GPU is usable
+    torchrun --nproc-per-node 2 gpu_test.py --allreduce   # all-reduce check (NCCL or gloo)
 
 GPU work is asynchronous: a timer around a kernel launch measures the launch, not the
-work. Every GPU timing here synchronises the device before the clock starts and after
-the work ends, after a warm-up run, and reports the median of several repetitions.
+work (about 0.2 ms for a product that takes 22 ms). Every timing here runs the work
+once to warm up, synchronises the device before the clock starts and after the work
+ends, repeats, and reports the median. Matrix products are timed in batches long
+enough that launch overhead does not count.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import shutil
@@ -26,6 +30,8 @@ import time
 
 # /dev/shm below this makes DataLoader workers die with "Bus error" on real datasets.
 MIN_SHM_BYTES = 1 << 30
+# A timed batch of GPU work lasts at least this long, so launch overhead is negligible.
+MIN_BATCH_SECONDS = 0.05
 
 NO_GPU_HINTS = [
     "started without compose.gpu.yaml? (COMPOSE_FILE in .env must list it)",
@@ -42,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--require-gpu", action="store_true", help="exit 1 when no GPU is usable")
-    parser.add_argument("--size", type=int, help="matrix size n for the n x n product (default 4096, quick 1024)")
+    parser.add_argument("--size", type=int, help="n for the CPU/GPU n x n product (default 4096, quick 512)")
     parser.add_argument("--repeats", type=int, help="timed repetitions per measurement (median reported)")
+    parser.add_argument("--allreduce", action="store_true", help="all-reduce check; run it under torchrun")
     return parser.parse_args(argv)
 
 
@@ -60,6 +67,19 @@ def median_seconds(run, sync, repeats: int, warmup: int = 1) -> float:
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def batched_seconds(step, sync, repeats: int) -> float:
+    """Seconds per step(): steps run back to back in batches of at least MIN_BATCH_SECONDS,
+    timed with synchronisation, median over the batches."""
+    single = median_seconds(step, sync, 1)
+    batch = max(1, math.ceil(MIN_BATCH_SECONDS / max(single, 1e-9)))
+
+    def run_batch():
+        for _ in range(batch):
+            step()
+
+    return median_seconds(run_batch, sync, repeats) / batch
 
 
 def shm_report() -> dict:
@@ -89,11 +109,25 @@ def driver_version() -> str | None:
     return lines[0].strip() if result.returncode == 0 and lines else None
 
 
+def supported_by(arch_list: list[str], major: int, minor: int) -> bool:
+    """Native code for this compute capability, or PTX the driver can compile for it."""
+    capability = major * 10 + minor
+    return f"sm_{capability}" in arch_list or any(
+        arch.startswith("compute_") and int(arch[8:]) <= capability for arch in arch_list
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# PyTorch
+# ---------------------------------------------------------------------------------------
+
+
 def torch_report(args: argparse.Namespace) -> dict:
     import torch
 
-    n = args.size or (1024 if args.quick else 4096)
-    repeats = args.repeats or (3 if args.quick else 10)
+    n = args.size or (512 if args.quick else 4096)
+    big = 1024 if args.quick else 8192  # GPU throughput per precision
+    repeats = args.repeats or (3 if args.quick else 7)
     report = {
         "framework": "pytorch",
         "framework_version": torch.__version__,
@@ -106,47 +140,148 @@ def torch_report(args: argparse.Namespace) -> dict:
         "cpu_threads": torch.get_num_threads(),
     }
 
-    # The same fp32 product on the CPU, the baseline for the speedup.
-    a_cpu = torch.randn(n, n)
-    b_cpu = torch.randn(n, n)
-    cpu_seconds = median_seconds(lambda: a_cpu @ b_cpu, lambda: None, max(1, repeats // 3))
+    # The fp32 product on the CPU: the baseline of the speedup.
+    a_cpu, b_cpu = torch.randn(n, n), torch.randn(n, n)
+    cpu_seconds = median_seconds(lambda: a_cpu @ b_cpu, lambda: None, max(1, repeats // 2))
     report["cpu_fp32_seconds"] = cpu_seconds
     report["cpu_fp32_gflops"] = 2 * n**3 / cpu_seconds / 1e9
+    report["train_cpu_samples_per_s"] = train_samples_per_second(torch, "cpu", args.quick, repeats)
 
     if not report["gpu_available"]:
-        report["no_gpu_reason"] = "torch.cuda.is_available() is False"
+        report["no_gpu_reason"] = (
+            "this PyTorch build has no CUDA support"
+            if torch.version.cuda is None
+            else "torch.cuda.is_available() is False"
+        )
         return report
 
     arch_list = torch.cuda.get_arch_list()
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
-        capability = f"sm_{props.major}{props.minor}"
         report["gpus"].append(
             {
                 "index": index,
                 "name": props.name,
                 "compute_capability": f"{props.major}.{props.minor}",
                 "memory_gib": round(props.total_memory / 2**30, 1),
-                # Either native code for this GPU or PTX the driver can compile for it.
-                "supported_by_build": capability in arch_list
-                or any(
-                    arch.startswith("compute_") and int(arch[8:]) <= props.major * 10 + props.minor
-                    for arch in arch_list
-                ),
+                "supported_by_build": supported_by(arch_list, props.major, props.minor),
             }
         )
 
     device = torch.device("cuda:0")
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32: TF32 is not the same product
-    a_gpu = a_cpu.to(device)
-    b_gpu = b_cpu.to(device)
-    gpu_seconds = median_seconds(lambda: a_gpu @ b_gpu, torch.cuda.synchronize, repeats)
+    sync = torch.cuda.synchronize
+    matmul = torch.backends.cuda.matmul
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32: TF32 is another product
+
+    # The same fp32 product as on the CPU, for the speedup; the GPU must agree with the CPU.
+    a_gpu, b_gpu = a_cpu.to(device), b_cpu.to(device)
+    gpu_seconds = batched_seconds(lambda: a_gpu @ b_gpu, sync, repeats)
     report["gpu_fp32_seconds"] = gpu_seconds
-    report["gpu_fp32_tflops"] = 2 * n**3 / gpu_seconds / 1e12
     report["speedup_fp32"] = cpu_seconds / gpu_seconds
-    # The GPU must compute what the CPU computes.
     report["results_match"] = bool(torch.allclose((a_gpu @ b_gpu).cpu(), a_cpu @ b_cpu, rtol=1e-3, atol=1e-2 * n**0.5))
+
+    # Throughput per precision at a size that fills the GPU.
+    half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    report["matmul_big_n"] = big
+    report["half_precision"] = str(half).removeprefix("torch.")
+    for label, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("half", half, False)):
+        matmul.allow_tf32 = tf32
+        a = torch.randn(big, big, device=device, dtype=dtype)
+        b = torch.randn(big, big, device=device, dtype=dtype)
+        seconds = batched_seconds(lambda a=a, b=b: a @ b, sync, repeats)
+        report[f"gpu_{label}_tflops"] = 2 * big**3 / seconds / 1e12
+        del a, b
+    matmul.allow_tf32 = False
+
+    # Memory bandwidth: pinned host-to-device, and device-to-device copies (read + write).
+    size = (64 if args.quick else 1024) << 20
+    host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(size, dtype=torch.uint8, device=device)
+    h2d = batched_seconds(lambda: dst.copy_(host, non_blocking=True), sync, repeats)
+    report["h2d_pinned_gbps"] = size / h2d / 1e9
+    src = torch.empty(size, dtype=torch.uint8, device=device)
+    d2d = batched_seconds(lambda: dst.copy_(src), sync, repeats)
+    report["d2d_copy_tbps"] = 2 * size / d2d / 1e12
+
+    report["train_gpu_samples_per_s"] = train_samples_per_second(torch, "cuda", args.quick, repeats)
+    report["train_speedup"] = report["train_gpu_samples_per_s"] / report["train_cpu_samples_per_s"]
+    if torch.cuda.device_count() > 1:
+        report["allreduce"] = launch_allreduce(torch.cuda.device_count(), args.quick)
     return report
+
+
+def train_samples_per_second(torch, device: str, quick: bool, repeats: int) -> float:
+    """A real training step on random data: a small MLP, forward, backward and Adam."""
+    width, batch = (256, 256) if quick else (2048, 1024)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(width, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, 10),
+    ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    inputs = torch.randn(batch, width, device=device)
+    targets = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return batch / batched_seconds(step, sync, max(1, repeats // 2))
+
+
+def launch_allreduce(processes: int, quick: bool) -> dict:
+    """The all-reduce check on every GPU, launched the way multi-GPU training is: torchrun."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    cmd += [__file__, "--allreduce", "--json", *(["--quick"] if quick else [])]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        return {"ok": False, "error": (result.stderr or result.stdout)[-2000:]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def allreduce_check(args: argparse.Namespace) -> dict:
+    """One process per GPU (NCCL) or per CPU process (gloo): all-reduce a buffer, check
+    the sum, and report the bus bandwidth as NCCL's tests define it."""
+    import torch
+    import torch.distributed as dist
+
+    use_gpu = torch.cuda.is_available()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_gpu else "cpu")
+    if use_gpu:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if use_gpu else "gloo", device_id=device if use_gpu else None)
+    try:
+        elements = (1 << 20 if args.quick else 64 << 20) // 4  # float32
+        buffer = torch.full((elements,), float(rank + 1), device=device)
+        dist.all_reduce(buffer)
+        expected = world * (world + 1) / 2
+        correct = bool(torch.all(buffer == expected))
+        sync = torch.cuda.synchronize if use_gpu else (lambda: None)
+        seconds = median_seconds(lambda: dist.all_reduce(buffer), sync, args.repeats or (3 if args.quick else 10))
+        algbw = elements * 4 / seconds / 1e9
+        report = {
+            "ok": correct,
+            "backend": dist.get_backend(),
+            "world_size": world,
+            "bytes": elements * 4,
+            "seconds": seconds,
+            "algbw_gbps": algbw,
+            "busbw_gbps": algbw * 2 * (world - 1) / world,
+        }
+    finally:
+        dist.destroy_process_group()
+    return report if rank == 0 else {}
+
+
+# ---------------------------------------------------------------------------------------
+# TensorFlow
+# ---------------------------------------------------------------------------------------
 
 
 def tensorflow_report(args: argparse.Namespace) -> dict:
@@ -155,8 +290,9 @@ def tensorflow_report(args: argparse.Namespace) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    n = args.size or (1024 if args.quick else 4096)
-    repeats = args.repeats or (3 if args.quick else 10)
+    n = args.size or (512 if args.quick else 4096)
+    big = 1024 if args.quick else 8192
+    repeats = args.repeats or (3 if args.quick else 7)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         # Take GPU memory as needed instead of all of it at start (TensorFlow's default),
@@ -184,20 +320,20 @@ def tensorflow_report(args: argparse.Namespace) -> dict:
                 "name": details.get("device_name", gpu.name),
                 "compute_capability": f"{major}.{minor}",
                 "memory_gib": None,  # TensorFlow reports it only after allocating
-                "supported_by_build": f"sm_{major}{minor}" in arch_list
-                or any(arch.startswith("compute_") and int(arch[8:]) <= major * 10 + minor for arch in arch_list),
+                "supported_by_build": supported_by(arch_list, major, minor),
             }
         )
 
-    def product_on(device: str):
+    def product(device: str, size: int, dtype=tf.float32):
         with tf.device(device):
-            a = tf.random.normal((n, n), seed=1)
-            b = tf.random.normal((n, n), seed=2)
-            # .numpy() waits for the result: the clock stops when the work is done.
-            return a, b, lambda: tf.reduce_sum(tf.matmul(a, b)).numpy()
+            a = tf.random.normal((size, size), seed=1, dtype=dtype)
+            b = tf.random.normal((size, size), seed=2, dtype=dtype)
+        # Reducing to a scalar and reading it waits for the result: the clock stops when
+        # the work is done, and only 4 bytes cross back to the host.
+        return a, b, lambda: tf.reduce_sum(tf.matmul(a, b)).numpy()
 
-    a_cpu, b_cpu, run_cpu = product_on("/CPU:0")
-    cpu_seconds = median_seconds(run_cpu, lambda: None, max(1, repeats // 3))
+    a_cpu, b_cpu, run_cpu = product("/CPU:0", n)
+    cpu_seconds = median_seconds(run_cpu, lambda: None, max(1, repeats // 2))
     report["cpu_fp32_seconds"] = cpu_seconds
     report["cpu_fp32_gflops"] = 2 * n**3 / cpu_seconds / 1e9
     if not gpus:
@@ -210,15 +346,26 @@ def tensorflow_report(args: argparse.Namespace) -> dict:
     tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32
     with tf.device("/GPU:0"):
         a_gpu, b_gpu = tf.identity(a_cpu), tf.identity(b_cpu)
-        gpu_seconds = median_seconds(lambda: tf.reduce_sum(tf.matmul(a_gpu, b_gpu)).numpy(), lambda: None, repeats)
+        gpu_seconds = batched_seconds(lambda: tf.reduce_sum(tf.matmul(a_gpu, b_gpu)).numpy(), lambda: None, repeats)
         gpu_result = tf.matmul(a_gpu, b_gpu).numpy()
     report["gpu_fp32_seconds"] = gpu_seconds
-    report["gpu_fp32_tflops"] = 2 * n**3 / gpu_seconds / 1e12
     report["speedup_fp32"] = cpu_seconds / gpu_seconds
     with tf.device("/CPU:0"):
         cpu_result = tf.matmul(a_cpu, b_cpu).numpy()
     report["results_match"] = bool(np.allclose(gpu_result, cpu_result, rtol=1e-3, atol=1e-2 * n**0.5))
+    report["matmul_big_n"] = big
+    report["half_precision"] = "bfloat16"
+    for label, dtype, tf32 in (("fp32", tf.float32, False), ("tf32", tf.float32, True), ("half", tf.bfloat16, False)):
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
+        _, _, run_gpu = product("/GPU:0", big, dtype)
+        report[f"gpu_{label}_tflops"] = 2 * big**3 / batched_seconds(run_gpu, lambda: None, repeats) / 1e12
+    tf.config.experimental.enable_tensor_float_32_execution(False)
     return report
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------
 
 
 def installed(module: str) -> bool:
@@ -238,7 +385,7 @@ def collect(args: argparse.Namespace) -> dict:
 
 def print_table(report: dict) -> None:
     def row(label: str, value: object) -> None:
-        print(f"  {label:<26} {value}")
+        print(f"  {label:<28} {value}")
 
     print("Environment")
     row("Python", f"{report['python']} ({report['machine']})")
@@ -265,26 +412,49 @@ def print_table(report: dict) -> None:
                 f"  WARNING: this {report['framework']} build has no kernels for compute {gpu['compute_capability']}; "
                 "choose a CUDA build that supports this GPU."
             )
-
     if report.get("framework") == "tensorflow" and report["gpu_available"]:
         print("  GPU memory growth is on: TensorFlow takes GPU memory as it needs it, not all at start.")
 
-    if "cpu_fp32_gflops" in report:
-        n = report["matmul_n"]
-        print(f"\nBenchmark: fp32 matrix product, n = {n} (median, synchronised)")
-        row(
-            f"CPU ({report['cpu_threads']} threads)",
-            f"{report['cpu_fp32_seconds'] * 1e3:9.2f} ms  {report['cpu_fp32_gflops']:10.1f} GFLOP/s",
-        )
-        if report["gpu_available"]:
-            row("GPU 0", f"{report['gpu_fp32_seconds'] * 1e3:9.2f} ms  {report['gpu_fp32_tflops'] * 1e3:10.1f} GFLOP/s")
-            row("Speedup GPU / CPU", f"{report['speedup_fp32']:.1f}x")
-            if not report["results_match"]:
-                print("  WARNING: GPU and CPU results differ: the GPU computes wrongly.")
+    if "cpu_fp32_gflops" not in report:
+        return
+    n = report["matmul_n"]
+    print("\nBenchmark (median of synchronised repetitions)")
+    row(f"CPU fp32 n={n}", f"{report['cpu_fp32_gflops']:10.1f} GFLOP/s  ({report['cpu_threads']} threads)")
+    if report["gpu_available"]:
+        row(f"GPU fp32 n={n}", f"{2 * n**3 / report['gpu_fp32_seconds'] / 1e9:10.1f} GFLOP/s")
+        row("Speedup GPU / CPU", f"{report['speedup_fp32']:10.1f}x")
+        big = report["matmul_big_n"]
+        for label in ("fp32", "tf32", "half"):
+            name = report["half_precision"] if label == "half" else label
+            row(f"GPU {name} n={big}", f"{report[f'gpu_{label}_tflops']:10.1f} TFLOP/s")
+        if "h2d_pinned_gbps" in report:
+            row("Host to GPU (pinned)", f"{report['h2d_pinned_gbps']:10.1f} GB/s")
+            row("GPU copy (read + write)", f"{report['d2d_copy_tbps']:10.2f} TB/s")
+        if not report["results_match"]:
+            print("  WARNING: GPU and CPU results differ: the GPU computes wrongly.")
+    if "train_cpu_samples_per_s" in report:
+        row("Training step, CPU", f"{report['train_cpu_samples_per_s']:10.0f} samples/s")
+    if "train_gpu_samples_per_s" in report:
+        row("Training step, GPU", f"{report['train_gpu_samples_per_s']:10.0f} samples/s")
+        row("Training speedup", f"{report['train_speedup']:10.1f}x")
+    if "allreduce" in report:
+        reduce = report["allreduce"]
+        if reduce.get("ok"):
+            row(
+                f"All-reduce ({reduce['backend']}, {reduce['world_size']} GPUs)",
+                f"{reduce['busbw_gbps']:10.1f} GB/s bus",
+            )
+        else:
+            print(f"  WARNING: the all-reduce check failed: {reduce.get('error', 'wrong sum')}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.allreduce:
+        result = allreduce_check(args)
+        if result:  # rank 0 reports
+            print(json.dumps(result) if args.json else f"all-reduce: {result}")
+        return 0 if result.get("ok", True) else 1
     report = collect(args)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -294,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_test: no usable GPU (--require-gpu)", file=sys.stderr)
         return 1
     if report["gpu_available"] and not report.get("results_match", True):
+        return 1
+    if not report.get("allreduce", {}).get("ok", True):
         return 1
     return 0
 
