@@ -38,6 +38,7 @@ COMMON_FILES = {
     "compose.yaml",
     "data/.gitignore",
     "docker/jupyter_server_config.py",
+    "docker/doctor.py",
     "docker/kernel.json",
     "docker/lock",
     "docker/no-extra-ca.pem",

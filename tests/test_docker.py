@@ -214,6 +214,13 @@ def test_gpu_test_reports_the_cpu_and_no_gpu(project):
     assert project.exec("python", "gpu_test.py", "--quick", "--require-gpu", check=False).returncode == 1
 
 
+def test_doctor_inside_the_container(project):
+    result = project.exec("python", "docker/doctor.py", "--in-container")
+    assert "ok    /dev/shm is 8.0 GiB" in result.stdout
+    assert "ok    /workspace/src is writable" in result.stdout
+    assert "sees no GPU: this container runs on the CPU" in result.stdout  # a warning: exit 0
+
+
 def test_image_holds_exactly_the_locked_packages(project):
     """/opt/venv holds the lock's packages for this platform and Python, at the locked
     versions, and nothing else."""

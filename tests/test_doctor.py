@@ -1,0 +1,124 @@
+"""`make doctor` against real conditions this machine can create: a port held by a
+listening socket, src/ owned by another uid, no .env, CRLF in a script, no docker on
+PATH, an nvidia-smi reporting an old driver. Docker itself is a stand-in script here,
+so each test controls exactly what the engine answers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run, template_rules
+
+FAKE_DOCKER = """#!/bin/sh
+case "$*" in
+  "version --format"*) echo "${FAKE_DOCKER_VERSION:-24.0.7}" ;;
+  "compose version --short") echo 2.29.1 ;;
+  "info --format"*) echo "${FAKE_RUNTIMES:-{\\"runc\\":{}}}" ;;
+  *) ;;
+esac
+"""
+
+
+def fake_bin(tmp_path: Path, **scripts: str) -> str:
+    folder = tmp_path / "fake-bin"
+    folder.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        path = folder / name
+        path.write_text(body)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(folder)
+
+
+def doctor(project: Path, path: str, **env: str):
+    """python3 docker/doctor.py with PATH limited to `path` plus the Python that runs it."""
+    full_path = os.pathsep.join([path, str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    if "NO_SYSTEM_BIN" in env:
+        full_path = os.pathsep.join([path, str(Path(sys.executable).parent)])
+        env.pop("NO_SYSTEM_BIN")
+    result = run(
+        [sys.executable, "docker/doctor.py"], cwd=project, env={"PATH": full_path, "HOME": str(project), **env}
+    )
+    return result.returncode, result.stdout
+
+
+@pytest.fixture
+def cpu_project(bake):
+    """A project set to run on the CPU, so GPU checks stay out of the way unless asked."""
+    project = bake().project_path
+    env = project / ".env"
+    env.write_text(env.read_text().replace("COMPOSE_FILE=compose.yaml:compose.gpu.yaml", "COMPOSE_FILE=compose.yaml"))
+    return project
+
+
+def test_healthy_cpu_project_passes(cpu_project, tmp_path):
+    code, out = doctor(cpu_project, fake_bin(tmp_path, docker=FAKE_DOCKER))
+    assert code == 0, out
+    assert "0 blocker(s)" in out and "GPU not requested" in out
+
+
+def test_port_held_by_a_listening_socket(bake, tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        project = bake(jupyter_host_port=port).project_path
+        code, out = doctor(project, fake_bin(tmp_path, docker=FAKE_DOCKER), COMPOSE_FILE="compose.yaml")
+    assert code == 1
+    assert f"FAIL  port {port} on 127.0.0.1 is taken" in out and "pick a free JUPYTER_HOST_PORT" in out
+
+
+@pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0, reason="giving src/ to another uid needs root")
+def test_src_owned_by_another_uid(cpu_project, tmp_path):
+    os.chown(cpu_project / "src", 54321, 54321)
+    (cpu_project / "src").chmod(0o755)
+    code, out = doctor(cpu_project, fake_bin(tmp_path, docker=FAKE_DOCKER))
+    assert code == 1
+    assert "FAIL  src/ belongs to 54321:54321, so the container user" in out
+    assert "sudo chown -R" in out
+
+
+def test_missing_env_file(cpu_project, tmp_path):
+    (cpu_project / ".env").unlink()
+    code, out = doctor(cpu_project, fake_bin(tmp_path, docker=FAKE_DOCKER))
+    assert code == 1 and "FAIL  .env is missing" in out and "cp .env.example .env" in out
+
+
+def test_crlf_in_a_script(cpu_project, tmp_path):
+    script = cpu_project / "docker" / "lock"
+    script.write_bytes(script.read_bytes().replace(b"\n", b"\r\n"))
+    code, out = doctor(cpu_project, fake_bin(tmp_path, docker=FAKE_DOCKER))
+    assert code == 1 and "Windows (CRLF) line endings in docker/lock" in out
+
+
+def test_docker_absent_from_path(cpu_project, tmp_path):
+    code, out = doctor(cpu_project, fake_bin(tmp_path), NO_SYSTEM_BIN="1")
+    assert code == 1 and "FAIL  docker is not on PATH" in out
+
+
+def test_old_docker_engine(cpu_project, tmp_path):
+    code, out = doctor(cpu_project, fake_bin(tmp_path, docker=FAKE_DOCKER), FAKE_DOCKER_VERSION="19.03.15")
+    assert code == 1 and "Docker Engine 19.03.15 is older than 20.10" in out
+
+
+def test_old_driver_reported_by_nvidia_smi(bake, tmp_path):
+    project = bake().project_path  # GPU requested (the default .env)
+    smi = '#!/bin/sh\necho "470.57.02, Tesla T4"\n'
+    runtimes = '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{}}'
+    code, out = doctor(project, fake_bin(tmp_path, docker=FAKE_DOCKER, **{"nvidia-smi": smi}), FAKE_RUNTIMES=runtimes)
+    minimum = template_rules.load_table()["cuda"]["13.0"]["min_driver"]
+    assert code == 1
+    assert f"FAIL  driver 470.57.02 (Tesla T4) is older than {minimum}, the minimum for CUDA 13.0" in out
+    assert "ok    Docker has the NVIDIA runtime" in out
+
+
+def test_gpu_requested_without_the_container_toolkit(bake, tmp_path):
+    project = bake().project_path
+    smi = '#!/bin/sh\necho "590.10.01, NVIDIA H200"\n'
+    code, out = doctor(project, fake_bin(tmp_path, docker=FAKE_DOCKER, **{"nvidia-smi": smi}))
+    assert code == 1 and "Docker has no NVIDIA runtime" in out and "COMPOSE_FILE=compose.yaml" in out
+    assert "ok    driver 590.10.01 (NVIDIA H200) runs CUDA 13.0" in out

@@ -1,0 +1,285 @@
+"""Checks the host (or, with --in-container, the running container) for the problems
+that stop GPU containers most often, before they bite, and prints the fix for each.
+
+    make doctor                                    # on the host, before `make up`
+    docker compose exec lab python docker/doctor.py --in-container
+
+Exit status: 1 when a blocker was found, 0 when only warnings (or nothing) were.
+Standard library only, so it runs with any Python 3.8+ on Linux, macOS or WSL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+# Facts of this project, written by the template from its compatibility table.
+CUDA_VERSION = "{{ cookiecutter.cuda_version }}"
+MIN_DRIVER = "{{ cookiecutter.__min_driver }}"
+FRAMEWORK = "{{ cookiecutter.framework }}"
+MIN_DOCKER = (20, 10)
+MIN_COMPOSE = (2, 20)
+# Files that run inside Linux: a Windows checkout with CRLF breaks them.
+LF_FILES = ["Dockerfile", "compose.yaml", "compose.gpu.yaml", "Makefile", ".env", ".env.example"]
+LF_DIRS = ["docker", ".devcontainer"]
+MIN_SHM_BYTES = 1 << 30
+
+
+class Doctor:
+    def __init__(self) -> None:
+        self.blockers = 0
+        self.warnings = 0
+
+    def ok(self, message: str) -> None:
+        print(f"  ok    {message}")
+
+    def warn(self, message: str, fix: str) -> None:
+        self.warnings += 1
+        print(f"  WARN  {message}\n        fix: {fix}")
+
+    def fail(self, message: str, fix: str) -> None:
+        self.blockers += 1
+        print(f"  FAIL  {message}\n        fix: {fix}")
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def read_env() -> dict[str, str] | None:
+    path = PROJECT / ".env"
+    if not path.is_file():
+        return None
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return {**values, **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
+
+
+def check_env(doctor: Doctor, env: dict[str, str] | None) -> None:
+    if env is None:
+        doctor.fail(
+            ".env is missing",
+            'cp .env.example .env, then set JUPYTER_TOKEN (python3 -c "import secrets; print(secrets.token_urlsafe(32))")',
+        )
+        return
+    if not env.get("JUPYTER_TOKEN"):
+        doctor.fail(
+            "JUPYTER_TOKEN is empty in .env", 'set it: python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    else:
+        doctor.ok(".env is present with a Jupyter token")
+    getuid = getattr(os, "getuid", None)
+    if getuid and getuid() != 0:
+        ids = (str(getuid()), str(os.getgid()))
+        if (env.get("USER_UID"), env.get("USER_GID")) != ids:
+            doctor.warn(
+                f".env has USER_UID/USER_GID {env.get('USER_UID')}/{env.get('USER_GID')}, you are {ids[0]}/{ids[1]}",
+                f"set USER_UID={ids[0]} and USER_GID={ids[1]} in .env, then `make up` (files the container writes would not be yours)",
+            )
+        else:
+            doctor.ok(f".env's user ids match yours ({ids[0]}/{ids[1]})")
+
+
+def check_docker(doctor: Doctor) -> bool:
+    if not shutil.which("docker"):
+        doctor.fail("docker is not on PATH", "install Docker Engine (Linux) or Docker Desktop (Windows, macOS)")
+        return False
+    server = run(["docker", "version", "--format", "{{ '{{' }}.Server.Version{{ '}}' }}"])
+    if server is None or server.returncode != 0:
+        doctor.fail(
+            "the Docker engine does not answer",
+            "start it (sudo systemctl start docker, or Docker Desktop) and check you may use it (docker info)",
+        )
+        return False
+    if version_tuple(server.stdout) < MIN_DOCKER:
+        doctor.fail(f"Docker Engine {server.stdout.strip()} is older than 20.10", "upgrade Docker Engine")
+    else:
+        doctor.ok(f"Docker Engine {server.stdout.strip()}")
+    compose = run(["docker", "compose", "version", "--short"])
+    if compose is None or compose.returncode != 0:
+        doctor.fail(
+            "Docker Compose v2 (`docker compose`) is missing",
+            "install the docker-compose-plugin package (the old `docker-compose` v1 will not do)",
+        )
+    elif version_tuple(compose.stdout) < MIN_COMPOSE:
+        doctor.fail(f"Docker Compose {compose.stdout.strip()} is older than 2.20", "upgrade the docker-compose-plugin")
+    else:
+        doctor.ok(f"Docker Compose {compose.stdout.strip()}")
+    return True
+
+
+def check_gpu(doctor: Doctor, env: dict[str, str] | None, docker_ok: bool) -> None:
+    compose_file = (env or {}).get("COMPOSE_FILE", "")
+    if "compose.gpu.yaml" not in compose_file:
+        doctor.ok("GPU not requested (COMPOSE_FILE leaves out compose.gpu.yaml): the project runs on the CPU")
+        return
+    no_gpu_fix = "or run on the CPU: set COMPOSE_FILE=compose.yaml in .env"
+    if docker_ok:
+        runtimes = run(["docker", "info", "--format", "{{ '{{' }}json .Runtimes{{ '}}' }}"])
+        if runtimes is not None and runtimes.returncode == 0 and "nvidia" not in runtimes.stdout:
+            doctor.fail(
+                "Docker has no NVIDIA runtime: `up` would fail with 'could not select device driver \"nvidia\"'",
+                f"install the NVIDIA Container Toolkit, run `sudo nvidia-ctk runtime configure --runtime=docker` and restart Docker; {no_gpu_fix}",
+            )
+        else:
+            doctor.ok("Docker has the NVIDIA runtime")
+    if not shutil.which("nvidia-smi"):
+        doctor.fail(
+            "nvidia-smi is not on PATH: no NVIDIA driver found",
+            f"install the NVIDIA driver >= {MIN_DRIVER}; {no_gpu_fix}",
+        )
+        return
+    smi = run(["nvidia-smi", "--query-gpu=driver_version,name", "--format=csv,noheader"])
+    if smi is None or smi.returncode != 0 or not smi.stdout.strip():
+        doctor.fail(
+            "nvidia-smi fails: the driver is not loaded",
+            f"reboot after installing the driver, or reinstall it; {no_gpu_fix}",
+        )
+        return
+    driver, _, name = smi.stdout.strip().splitlines()[0].partition(",")
+    if version_tuple(driver) < version_tuple(MIN_DRIVER):
+        doctor.fail(
+            f"driver {driver.strip()} ({name.strip()}) is older than {MIN_DRIVER}, the minimum for CUDA {CUDA_VERSION}: "
+            "the container would not start (unsatisfied condition: cuda>=...)",
+            f"update the NVIDIA driver to >= {MIN_DRIVER}, or generate the project with an older CUDA build",
+        )
+    else:
+        doctor.ok(f"driver {driver.strip()} ({name.strip()}) runs CUDA {CUDA_VERSION}")
+
+
+def check_port(doctor: Doctor, env: dict[str, str] | None) -> None:
+    port = int((env or {}).get("JUPYTER_HOST_PORT") or 0)
+    if not port:
+        return
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            if running_here():
+                doctor.ok(f"port {port} is this project's Jupyter")
+                return
+            doctor.fail(
+                f"port {port} on 127.0.0.1 is taken (another Jupyter?)",
+                f"stop what uses it (`ss -ltnp | grep {port}` or `lsof -i :{port}`), or pick a free JUPYTER_HOST_PORT in .env",
+            )
+            return
+    doctor.ok(f"port {port} is free")
+
+
+def running_here() -> bool:
+    result = run(["docker", "compose", "ps", "--status", "running", "--services"]) if shutil.which("docker") else None
+    return bool(result and result.returncode == 0 and "lab" in result.stdout.split())
+
+
+def check_user_dirs(doctor: Doctor, env: dict[str, str] | None) -> None:
+    uid = int((env or {}).get("USER_UID") or -1)
+    gid = int((env or {}).get("USER_GID") or -1)
+    for name in ("src", "notebooks", "data", "cache"):
+        path = PROJECT / name
+        if not path.is_dir():
+            doctor.fail(f"{name}/ is missing: Docker would create it owned by root", f"mkdir {name}")
+            continue
+        info = path.stat()
+        writable = info.st_uid == uid or (info.st_gid == gid and info.st_mode & 0o020) or info.st_mode & 0o002
+        if uid >= 0 and not writable:
+            doctor.fail(
+                f"{name}/ belongs to {info.st_uid}:{info.st_gid}, so the container user {uid}:{gid} cannot write to it",
+                f"sudo chown -R {uid}:{gid} {name}",
+            )
+        else:
+            doctor.ok(f"{name}/ is writable by the container user")
+
+
+def check_line_endings(doctor: Doctor) -> None:
+    files = [PROJECT / name for name in LF_FILES] + [p for d in LF_DIRS for p in (PROJECT / d).glob("*") if p.is_file()]
+    crlf = [str(path.relative_to(PROJECT)) for path in files if path.is_file() and b"\r\n" in path.read_bytes()]
+    if crlf:
+        doctor.fail(
+            f"Windows (CRLF) line endings in {', '.join(crlf)}: scripts fail with '\\r: command not found'",
+            "git config core.autocrlf input, then `git rm --cached -r . && git reset --hard` (.gitattributes asks for LF)",
+        )
+    else:
+        doctor.ok("scripts and container files have LF line endings")
+
+
+def check_in_container(doctor: Doctor) -> None:
+    shm = os.statvfs("/dev/shm")
+    size = shm.f_frsize * shm.f_blocks
+    if size < MIN_SHM_BYTES:
+        doctor.warn(
+            f"/dev/shm is {size >> 20} MiB: DataLoader workers die with 'Bus error'",
+            "raise SHM_SIZE in .env, then `make up`",
+        )
+    else:
+        doctor.ok(f"/dev/shm is {size / 2**30:.1f} GiB")
+    for name in ("src", "notebooks", "data", "cache"):
+        path = Path("/workspace") / name
+        if os.access(path, os.W_OK):
+            doctor.ok(f"/workspace/{name} is writable")
+        else:
+            doctor.fail(
+                f"/workspace/{name} is not writable by uid {os.getuid()}",
+                f"on the host: sudo chown -R {os.getuid()}:{os.getgid()} {name}",
+            )
+    probe = (
+        "import torch; print(torch.cuda.is_available())"
+        if FRAMEWORK == "pytorch"
+        else "import tensorflow as tf; print(bool(tf.config.list_physical_devices('GPU')))"
+    )
+    result = run([sys.executable, "-c", probe])
+    sees_gpu = result is not None and result.stdout.strip().endswith("True")
+    if sees_gpu:
+        doctor.ok(f"{FRAMEWORK} sees the GPU")
+    elif os.environ.get("NVIDIA_VISIBLE_DEVICES") and Path("/dev/nvidiactl").exists():
+        doctor.fail(
+            f"a GPU is attached but {FRAMEWORK} does not see it",
+            "run `python gpu_test.py` for the reason (CUDA build vs driver)",
+        )
+    else:
+        doctor.warn(
+            f"{FRAMEWORK} sees no GPU: this container runs on the CPU",
+            "on a GPU host, COMPOSE_FILE in .env must list compose.gpu.yaml",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check the host or the container for common problems.")
+    parser.add_argument("--in-container", action="store_true", help="run the checks that belong inside the container")
+    args = parser.parse_args(argv)
+    doctor = Doctor()
+    if args.in_container:
+        print("doctor: inside the container")
+        check_in_container(doctor)
+    else:
+        print("doctor: the host")
+        env = read_env()
+        check_env(doctor, env)
+        docker_ok = check_docker(doctor)
+        check_gpu(doctor, env, docker_ok)
+        check_port(doctor, env)
+        check_user_dirs(doctor, env)
+        check_line_endings(doctor)
+    print(f"\n{doctor.blockers} blocker(s), {doctor.warnings} warning(s)")
+    return 1 if doctor.blockers else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
