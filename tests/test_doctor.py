@@ -16,9 +16,8 @@ from conftest import run, template_rules
 
 FAKE_DOCKER = """#!/bin/sh
 case "$*" in
-  "version --format"*) echo "${FAKE_DOCKER_VERSION:-24.0.7}" ;;
+  info) printf ' Server Version: %s\\n Runtimes: %s\\n' "${FAKE_DOCKER_VERSION:-24.0.7}" "${FAKE_RUNTIMES:-io.containerd.runc.v2 runc}" ;;
   "compose version --short") echo 2.29.1 ;;
-  "info --format"*) echo "${FAKE_RUNTIMES:-{\\"runc\\":{}}}" ;;
   *) ;;
 esac
 """
@@ -108,7 +107,7 @@ def test_old_docker_engine(cpu_project, tmp_path):
 def test_old_driver_reported_by_nvidia_smi(bake, tmp_path):
     project = bake().project_path  # GPU requested (the default .env)
     smi = '#!/bin/sh\necho "470.57.02, Tesla T4"\n'
-    runtimes = '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{}}'
+    runtimes = "io.containerd.runc.v2 nvidia runc"
     code, out = doctor(project, fake_bin(tmp_path, docker=FAKE_DOCKER, **{"nvidia-smi": smi}), FAKE_RUNTIMES=runtimes)
     minimum = template_rules.load_table()["cuda"]["13.0"]["min_driver"]
     assert code == 1

@@ -97,21 +97,32 @@ def check_env(doctor: Doctor, env: dict[str, str] | None) -> None:
             doctor.ok(f".env's user ids match yours ({ids[0]}/{ids[1]})")
 
 
-def check_docker(doctor: Doctor) -> bool:
+def docker_info() -> dict[str, str] | None:
+    """`docker info`'s "Key: value" lines (plain text: the same on every engine version)."""
+    result = run(["docker", "info"])
+    if result is None or result.returncode != 0:
+        return None
+    return {
+        key.strip(): value.strip() for key, _, value in (line.partition(":") for line in result.stdout.splitlines())
+    }
+
+
+def check_docker(doctor: Doctor) -> dict[str, str] | None:
     if not shutil.which("docker"):
         doctor.fail("docker is not on PATH", "install Docker Engine (Linux) or Docker Desktop (Windows, macOS)")
-        return False
-    server = run(["docker", "version", "--format", "{{ '{{' }}.Server.Version{{ '}}' }}"])
-    if server is None or server.returncode != 0:
+        return None
+    info = docker_info()
+    if info is None:
         doctor.fail(
             "the Docker engine does not answer",
             "start it (sudo systemctl start docker, or Docker Desktop) and check you may use it (docker info)",
         )
-        return False
-    if version_tuple(server.stdout) < MIN_DOCKER:
-        doctor.fail(f"Docker Engine {server.stdout.strip()} is older than 20.10", "upgrade Docker Engine")
+        return None
+    version = info.get("Server Version", "")
+    if version_tuple(version) < MIN_DOCKER:
+        doctor.fail(f"Docker Engine {version} is older than 20.10", "upgrade Docker Engine")
     else:
-        doctor.ok(f"Docker Engine {server.stdout.strip()}")
+        doctor.ok(f"Docker Engine {version}")
     compose = run(["docker", "compose", "version", "--short"])
     if compose is None or compose.returncode != 0:
         doctor.fail(
@@ -122,18 +133,17 @@ def check_docker(doctor: Doctor) -> bool:
         doctor.fail(f"Docker Compose {compose.stdout.strip()} is older than 2.20", "upgrade the docker-compose-plugin")
     else:
         doctor.ok(f"Docker Compose {compose.stdout.strip()}")
-    return True
+    return info
 
 
-def check_gpu(doctor: Doctor, env: dict[str, str] | None, docker_ok: bool) -> None:
+def check_gpu(doctor: Doctor, env: dict[str, str] | None, info: dict[str, str] | None) -> None:
     compose_file = (env or {}).get("COMPOSE_FILE", "")
     if "compose.gpu.yaml" not in compose_file:
         doctor.ok("GPU not requested (COMPOSE_FILE leaves out compose.gpu.yaml): the project runs on the CPU")
         return
     no_gpu_fix = "or run on the CPU: set COMPOSE_FILE=compose.yaml in .env"
-    if docker_ok:
-        runtimes = run(["docker", "info", "--format", "{{ '{{' }}json .Runtimes{{ '}}' }}"])
-        if runtimes is not None and runtimes.returncode == 0 and "nvidia" not in runtimes.stdout:
+    if info is not None:
+        if "nvidia" not in info.get("Runtimes", ""):
             doctor.fail(
                 "Docker has no NVIDIA runtime: `up` would fail with 'could not select device driver \"nvidia\"'",
                 f"install the NVIDIA Container Toolkit, run `sudo nvidia-ctk runtime configure --runtime=docker` and restart Docker; {no_gpu_fix}",
@@ -272,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         print("doctor: the host")
         env = read_env()
         check_env(doctor, env)
-        docker_ok = check_docker(doctor)
-        check_gpu(doctor, env, docker_ok)
+        info = check_docker(doctor)
+        check_gpu(doctor, env, info)
         check_port(doctor, env)
         check_user_dirs(doctor, env)
         check_line_endings(doctor)
