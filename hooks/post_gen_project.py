@@ -89,11 +89,12 @@ Project written to ./{slug}
 {note}
 Next steps:
   cd {slug}
-  docker compose up --build -d        # GPU host (needs the NVIDIA Container Toolkit)
-  COMPOSE_FILE=compose.yaml docker compose up --build -d    # machine without a GPU
-  docker compose exec lab python gpu_test.py
+  make doctor       # checks Docker, the NVIDIA driver and toolkit, the port, the folders
+  make up           # docker compose up --build -d (GPU host: NVIDIA Container Toolkit)
+  make gpu-test     # which GPU and CUDA the framework uses, and the speedup
+No GPU on this machine: set COMPOSE_FILE=compose.yaml in .env (or prefix the commands).
 
-Jupyter: http://127.0.0.1:{host_port}/lab?token=<JUPYTER_TOKEN from .env>
+Jupyter: http://127.0.0.1:{host_port}/lab?token=<JUPYTER_TOKEN from .env>  (make jupyter prints it)
 The NVIDIA driver on the host must be >= {ANSWERS["__min_driver"]} (nvidia-smi shows it).
 """
     )
