@@ -298,13 +298,16 @@ def pem_blocks(text: str) -> set[str]:
 
 
 def extra_ca_lines(project: RunningProject, docker_env) -> list[str]:
-    """Base64 lines of the certificates the host trusts beyond the image's own bundle:
-    this network's TLS-intercepting proxy CA, the one passed as a build secret."""
+    """Base64 lines of the certificates the host trusts beyond every CA bundle the image
+    carries (the system's, certifi's copies in Python packages): this network's
+    TLS-intercepting proxy CA, the one passed as a build secret. Lines from the end of
+    each certificate (its signature) are unique to it, unlike its subject."""
     if not docker_env.ca_bundle:
         return []
-    image_bundle = project.exec("cat", "/etc/ssl/certs/ca-certificates.crt").stdout
-    extra = pem_blocks(Path(docker_env.ca_bundle).read_text()) - pem_blocks(image_bundle)
-    return [line for block in extra for line in block.splitlines()[1:-1] if len(line) == 64]
+    bundles = "find / -xdev \\( -name ca-certificates.crt -o -name cacert.pem \\) -exec cat {} + 2>/dev/null"
+    image_certs = project.exec("sh", "-c", bundles, check=False).stdout
+    extra = pem_blocks(Path(docker_env.ca_bundle).read_text()) - pem_blocks(image_certs)
+    return [line for block in extra for line in block.splitlines()[-4:-1] if len(line) == 64]
 
 
 def scan_stream(stream, needles: list[bytes], found: set[bytes]) -> None:
@@ -343,6 +346,8 @@ def test_no_secret_reaches_the_image(project, docker_env):
     metadata, nor (default project) in any file of any layer of `docker save`."""
     image = f"{project.slug}:dev"
     ca_lines = extra_ca_lines(project, docker_env)
+    if os.environ.get("EXPECT_TLS_INTERCEPTION") == "1":
+        assert ca_lines, "the intercepting proxy's CA was not found in TEST_CA_BUNDLE"
     history = run([docker_env.cli, "history", "--no-trunc", image]).stdout
     inspect = run([docker_env.cli, "image", "inspect", image]).stdout
     for text in (history, inspect):
@@ -366,14 +371,17 @@ def test_jupyter_prints_the_host_address_and_listens_on_loopback_only(project):
 def test_build_without_the_ca_bundle_fails_and_says_how_to_pass_it(project, docker_env):
     """Behind this network's TLS-intercepting proxy, the CA secret is what makes builds
     work: without it the first download fails, with a message naming CA_BUNDLE."""
-    if project.name != "Docker Default" or not extra_ca_lines(project, docker_env):
-        return  # once is enough; and without an intercepting proxy there is nothing to show
+    if project.name != "Docker Default":
+        return  # once is enough
     # Plain `docker build` of the tools stage with the project's default (empty) bundle;
     # --no-cache, so the steps run again instead of reusing layers built with the CA.
     cmd = [docker_env.cli, "build", "--no-cache", "--progress", "plain", "--target", "tools"]
     cmd += ["--build-arg", f"BASE_IMAGE={docker_env.base_image}", "--secret", "id=ca_bundle,src=docker/no-extra-ca.pem"]
     result = run([*cmd, "."], cwd=project.path, env={**project.env, "DOCKER_BUILDKIT": "1"})
-    assert result.returncode != 0, result.stdout[-4000:] + result.stderr[-4000:]
+    if result.returncode == 0:
+        # This network does not intercept TLS: nothing to show, unless told it does (CI).
+        assert os.environ.get("EXPECT_TLS_INTERCEPTION") != "1", "built without the CA behind the proxy"
+        return
     output = result.stdout + result.stderr
     assert "set CA_BUNDLE=/path/to/your-company-ca.pem in .env" in output
     assert re.search(r"certificate|SSL|TLS", output)
