@@ -246,7 +246,9 @@ def test_generated_files_pass_the_linters(bake, key):
         [tool("ruff"), "check", "."],
         [tool("ruff"), "format", "--check", "."],
         [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml"],
-    ]
+        [tool("check-jsonschema"), "--schemafile", str(TEMPLATE / "schemas" / "devcontainer.schema.json"),
+         "--force-filetype", "json5", ".devcontainer/devcontainer.json"],
+    ]  # fmt: skip
     for cmd in checks:
         result = run(cmd, cwd=project)
         assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}{result.stderr}"
