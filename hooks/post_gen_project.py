@@ -85,7 +85,7 @@ def print_next_steps(env_written: bool) -> None:
     note = "" if env_written else "  (.env existed and was kept, token included)\n"
     print(
         f"""
-Project written to ./{slug}
+Project written to {PROJECT}
 {note}
 Next steps:
   cd {slug}
