@@ -55,14 +55,11 @@ FRAMEWORK_CUDA = {"pytorch": "13.0", "tensorflow": "12.5"}
 
 
 def answers_for(key: str) -> dict:
-    framework, cuda, python, manager = key.split("-")
-    cuda = cuda.removeprefix("cu")
-    return {
-        "framework": framework,
-        "cuda_version": f"{cuda[:-1]}.{cuda[-1]}",
-        "python_version": python.removeprefix("py"),
-        "dependency_manager": manager,
-    }
+    """The answers of one shipped combination, as the maintenance script reads its key."""
+    sys.path.insert(0, str(TEMPLATE / "scripts"))
+    import relock
+
+    return relock.parse_key(key)
 
 
 DEFAULT_FILES = COMMON_FILES | set(template_rules.MANAGER_FILES["uv"])
