@@ -3,7 +3,8 @@
 cookiecutter.json computes each private ``__`` variable once with the ``derived``
 filter, e.g. ``"__base_image": "{{ cookiecutter | derived('base_image') }}"``; the rule
 behind every value lives in hooks/template_rules.py, next to the compatibility table.
-The uid/gid questions default to ``host_uid()`` / ``host_gid()``: the generating user.
+The uid/gid questions default to ``host_uid()`` / ``host_gid()``: the generating user;
+cuda_version to ``host_cuda(framework)``: the newest build the host's driver runs.
 """
 
 import sys
@@ -23,6 +24,11 @@ class TemplateRules(Extension):
         # Defaults for the uid/gid questions: the generating user's ids.
         environment.globals["host_uid"] = lambda: template_rules.host_ids()[0]
         environment.globals["host_gid"] = lambda: template_rules.host_ids()[1]
+        # Default for cuda_version: the newest build of the chosen framework the host's
+        # driver runs (nvidia-smi), else the table's default for that framework.
+        environment.globals["host_cuda"] = lambda framework: template_rules.default_cuda(
+            framework, template_rules.host_driver()
+        )
         # Where the hooks import template_rules from: absolute, because cookiecutter's
         # _repo_dir is relative to a working directory the hooks do not run in.
         environment.globals["template_rules_dir"] = str(Path(template_rules.__file__).resolve().parent)

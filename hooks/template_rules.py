@@ -11,6 +11,8 @@ from __future__ import annotations
 import keyword
 import os
 import re
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from functools import cache
@@ -50,9 +52,25 @@ def load_table(path: Path = TABLE_PATH) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def cuda_label(table: dict, cuda: str) -> str:
-    users = [spec["label"] for spec in table["frameworks"].values() if cuda in spec["cuda"]]
-    return f"CUDA {cuda} (NVIDIA driver >= {table['cuda'][cuda]['min_driver']}; {', '.join(users)})"
+def cuda_prompt(table: dict) -> str:
+    """The cuda_version question: each framework's built CUDA versions with their driver floor.
+
+    cuda_version is a text question, not a menu, because its default depends on the
+    framework answered before it and on the host's driver (``default_cuda``), and
+    cookiecutter cannot render a menu's entries without breaking `cuda_version=...`
+    passed on the command line. Only builds with a shipped lock are listed; the table's
+    others are refused by name.
+    """
+    offers = []
+    for name, spec in table["frameworks"].items():
+        builds = ", ".join(
+            f"{cuda} (driver >= {table['cuda'][cuda]['min_driver']})" for cuda in built_cuda(table, name)
+        )
+        offers.append(f"{spec['label']} {builds}")
+    return (
+        f"CUDA build [{'; '.join(offers)}]. "
+        "Default: the newest build of your framework that this host's NVIDIA driver runs (read from nvidia-smi)"
+    )
 
 
 def python_label(table: dict, python: str) -> str:
@@ -123,6 +141,17 @@ def requirements(answers: dict, table: dict | None = None) -> list[str]:
 
 def shipped_lock(key: str, manager: str) -> Path:
     return LOCKS_DIR / key / MANAGER_FILES[manager][1]
+
+
+def built_cuda(table: dict, framework: str) -> list[str]:
+    """The framework's CUDA builds that have at least one shipped lock, in table order."""
+    shipped = {path.name for path in LOCKS_DIR.iterdir()} if LOCKS_DIR.is_dir() else set()
+    prefix = f"{framework}-cu"
+    return [
+        cuda
+        for cuda in table["frameworks"].get(framework, {}).get("cuda", {})
+        if any(key.startswith(f"{prefix}{cuda.replace('.', '')}-") for key in shipped)
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,6 +322,12 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
+def _driver_tuple(version: str) -> tuple[int, ...] | None:
+    """A driver version (three dot-separated numbers, as nvidia-smi prints it) as a tuple; None for anything else."""
+    parts = version.strip().split(".")
+    return tuple(int(part) for part in parts) if all(part.isdigit() for part in parts) else None
+
+
 def validate(answers: dict, table: dict | None = None) -> list[Problem]:
     """Every problem with the answers; an empty list means generation may go on."""
     table = table or load_table()
@@ -341,3 +376,64 @@ def host_ids() -> tuple[int, int]:
         return defaults["uid"], defaults["gid"]
     uid, gid = getuid(), os.getgid()
     return (uid if uid not in RESERVED_IDS else defaults["uid"]), (gid if gid not in RESERVED_IDS else defaults["gid"])
+
+
+# The driver query may hang on a wedged GPU; generation must stay fast.
+NVIDIA_SMI_TIMEOUT_S = 5
+
+
+def host_driver() -> str | None:
+    """The host's NVIDIA driver version from nvidia-smi (offline, local), or None.
+
+    None when nvidia-smi is missing, fails, hangs or prints no version: generating on a
+    laptop without a GPU, in CI or in a container is normal and keeps the static default.
+    """
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        result = subprocess.run(
+            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=NVIDIA_SMI_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = result.stdout.strip().splitlines() if result.returncode == 0 else []
+    # One line per GPU; every GPU of a host shares the one driver.
+    return lines[0].strip() if lines and _driver_tuple(lines[0]) else None
+
+
+def default_cuda(framework: str, driver: str | None, table: dict | None = None) -> str:
+    """The cuda_version default: the newest built CUDA of the framework that the driver runs.
+
+    Without a driver (or when it runs none of them) the table's default for the
+    framework: the project may well be meant for another machine, and the pre-generation
+    hook says so when this host cannot run it (``host_notes``).
+    """
+    table = table or load_table()
+    built = built_cuda(table, framework)
+    static = table["defaults"]["cuda_version"].get(framework)
+    fallback = static if static in built else (built[0] if built else static or "")
+    have = _driver_tuple(driver) if driver else None
+    if not have:
+        return fallback
+    runnable = [cuda for cuda in built if _driver_tuple(table["cuda"][cuda]["min_driver"]) <= have]
+    return max(runnable, key=_version_tuple) if runnable else fallback
+
+
+def host_notes(answers: dict, driver: str | None, table: dict | None = None) -> list[str]:
+    """Warnings (not refusals) about running the answers on this host."""
+    table = table or load_table()
+    cuda = table["cuda"].get(answers.get("cuda_version"))
+    have = _driver_tuple(driver) if driver else None
+    if not cuda or not have or _driver_tuple(cuda["min_driver"]) <= have:
+        return []
+    note = (
+        f"NOTE: this host's NVIDIA driver {driver} is older than CUDA {answers['cuda_version']} needs "
+        f"({cuda['min_driver']}): the container will start here only without the GPU "
+        "(COMPOSE_FILE=compose.yaml). Update the driver, or ignore this if the project is for another machine."
+    )
+    return [note]

@@ -32,7 +32,8 @@ def build(table: dict) -> dict:
         # name then reaches the hook, which refuses it by name.
         "project_slug": "{{ cookiecutter.project_name | slugify(separator='_') or 'project' }}",
         "framework": first(defaults["framework"], frameworks),
-        "cuda_version": first(defaults["cuda_version"], table["cuda"]),
+        # A text question: its default depends on the framework and the host's driver.
+        "cuda_version": "{{ host_cuda(cookiecutter.framework) }}",
         "python_version": first(defaults["python_version"], table["python"]),
         "jupyter_host_port": defaults["jupyter_host_port"],
         "jupyter_container_port": defaults["jupyter_container_port"],
@@ -58,10 +59,7 @@ def build(table: dict) -> dict:
                     for name, spec in frameworks.items()
                 },
             },
-            "cuda_version": {
-                "__prompt__": "CUDA build (`nvidia-smi` on the host shows the newest CUDA its driver runs)",
-                **{cuda: template_rules.cuda_label(table, cuda) for cuda in table["cuda"]},
-            },
+            "cuda_version": template_rules.cuda_prompt(table),
             "python_version": {
                 "__prompt__": "Python of the image",
                 **{python: template_rules.python_label(table, python) for python in table["python"]},

@@ -264,6 +264,39 @@ def test_tensorflow_project_grows_gpu_memory_and_installs_the_cuda_extra(bake):
     assert "TF_FORCE_GPU_ALLOW_GROWTH" not in (bake().project_path / "compose.yaml").read_text()
 
 
+def with_fake_driver(tmp_path, monkeypatch, driver: str | None) -> None:
+    """An nvidia-smi on PATH that reports `driver` as the host's would, or (None) fails
+    as it does when no driver is loaded; used by the generation and its hooks alike."""
+    folder = tmp_path / "smi-bin"
+    folder.mkdir(exist_ok=True)
+    smi = folder / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\necho {driver}\n" if driver else "#!/bin/sh\necho 'NVIDIA-SMI has failed'\nexit 9\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow"])
+def test_cuda_default_follows_the_framework_without_a_driver(bake, tmp_path, monkeypatch, framework):
+    """`--no-input framework=tensorflow` must not land on a PyTorch-only CUDA."""
+    with_fake_driver(tmp_path, monkeypatch, None)
+    baked = bake(framework=framework)
+    assert baked.exit_code == 0, baked.output
+    cuda = FRAMEWORK_CUDA[framework]
+    image = f"nvidia/cuda:{TABLE['cuda'][cuda]['image_version']}-"
+    assert image in (baked.project_path / "Dockerfile").read_text()
+    assert "NOTE:" not in baked.output
+
+
+def test_a_host_driver_too_old_for_the_default_is_reported_not_refused(bake, tmp_path, monkeypatch):
+    with_fake_driver(tmp_path, monkeypatch, "550.54.14")
+    baked = bake()
+    assert baked.exit_code == 0, baked.output
+    assert "NOTE: this host's NVIDIA driver 550.54.14 is older than CUDA 13.0 needs (580.65.06)" in baked.output
+    with_fake_driver(tmp_path, monkeypatch, "580.95.05")
+    baked = bake()
+    assert baked.exit_code == 0 and "NOTE:" not in baked.output, baked.output
+
+
 def lock_tools_env() -> dict:
     """PATH with uv and poetry (the dev venv), and a Python the default lock accepts."""
     python = next(

@@ -79,17 +79,107 @@ def test_cookiecutter_json_is_generated_from_the_table():
     assert result.returncode == 0, "run: python scripts/sync_cookiecutter_json.py"
 
 
-def test_prompt_labels_show_the_minimum_driver():
-    labels = json.loads((TEMPLATE / "cookiecutter.json").read_text())["__prompts__"]["cuda_version"]
-    for cuda, facts in TABLE["cuda"].items():
-        assert labels[cuda].startswith(f"CUDA {cuda} (NVIDIA driver >= {facts['min_driver']}; ")
-    assert labels["13.0"].endswith("; PyTorch)") and labels["12.5"].endswith("; TensorFlow)")
+def test_cuda_prompt_lists_each_built_cuda_with_its_driver_floor():
+    prompt = json.loads((TEMPLATE / "cookiecutter.json").read_text())["__prompts__"]["cuda_version"]
+    for name in TABLE["frameworks"]:
+        for cuda in template_rules.built_cuda(TABLE, name):
+            assert f"{cuda} (driver >= {TABLE['cuda'][cuda]['min_driver']})" in prompt
+    assert "PyTorch 13.0 (driver >= " in prompt and "TensorFlow 12.5 (driver >= " in prompt
 
 
 def test_default_cuda_is_the_plain_pypi_build():
     """The default installs wherever PyPI is reachable: no extra wheel index."""
-    default = TABLE["defaults"]["cuda_version"]
-    assert TABLE["frameworks"]["pytorch"]["cuda"][default] == {"source": "pypi"}
+    for name, spec in TABLE["frameworks"].items():
+        default = TABLE["defaults"]["cuda_version"][name]
+        assert spec["cuda"][default] == {"source": "pypi"}
+        assert template_rules.default_cuda(name, None) == default
+
+
+@pytest.fixture
+def four_builds(tmp_path, monkeypatch):
+    """A table whose framework has CUDA 12.6, 13.0 and 13.2 (a lock shipped for each
+    unless removed) and whose static default is 13.0."""
+    table = {
+        "cuda": {
+            "12.6": {"min_driver": "560.28.03"},
+            "13.0": {"min_driver": "580.65.06"},
+            "13.2": {"min_driver": "595.45.04"},
+            "12.5": {"min_driver": "555.42.02"},
+        },
+        "frameworks": {"fw": {"cuda": {"12.6": {}, "13.0": {}, "13.2": {}}}},
+        "defaults": {"cuda_version": {"fw": "13.0"}},
+    }
+    locks = tmp_path / "locks"
+    for cuda in ("126", "130", "132"):
+        (locks / f"fw-cu{cuda}-py3.12-uv").mkdir(parents=True)
+    monkeypatch.setattr(template_rules, "LOCKS_DIR", locks)
+    return table, locks
+
+
+@pytest.mark.parametrize(
+    ("driver", "expected"),
+    [
+        ("600.10", "13.2"),  # newer than every floor: the newest build
+        ("595.45.04", "13.2"),  # exactly the floor counts
+        ("595.45.03", "13.0"),  # one patch short of 13.2's floor
+        ("580.95.05", "13.0"),
+        ("570.211.01", "12.6"),  # not 12.5: the framework has no such build
+        ("550.54.14", "13.0"),  # runs none of them: the static default (the project may be for another host)
+        ("N/A", "13.0"),
+        (None, "13.0"),
+    ],
+)
+def test_default_cuda_is_the_newest_build_the_driver_runs(four_builds, driver, expected):
+    table, _ = four_builds
+    assert template_rules.default_cuda("fw", driver, table) == expected
+
+
+def test_default_cuda_skips_builds_without_a_shipped_lock(four_builds):
+    table, locks = four_builds
+    (locks / "fw-cu132-py3.12-uv").rmdir()
+    assert template_rules.default_cuda("fw", "600.10", table) == "13.0"
+
+
+def test_host_notes_warn_only_when_this_host_cannot_run_the_choice():
+    answers = {**DEFAULT_ANSWERS, "cuda_version": "13.0"}
+    [note] = template_rules.host_notes(answers, "570.211.01")
+    assert "570.211.01 is older than CUDA 13.0 needs (580.65.06)" in note and "COMPOSE_FILE=compose.yaml" in note
+    assert template_rules.host_notes(answers, "580.65.06") == []
+    assert template_rules.host_notes(answers, None) == []
+
+
+def fake_smi(tmp_path, monkeypatch, body: str) -> None:
+    folder = tmp_path / "smi-bin"
+    folder.mkdir(exist_ok=True)
+    smi = folder / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + body + "\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # One line per GPU, the query nvidia-smi is asked.
+        ('[ "$1" = --query-gpu=driver_version ] && printf "580.95.05\\n580.95.05\\n"', "580.95.05"),
+        ('echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."; exit 9', None),
+        ('echo "No devices were found"', None),
+    ],
+)
+def test_host_driver_reads_nvidia_smi(tmp_path, monkeypatch, body, expected):
+    fake_smi(tmp_path, monkeypatch, body)
+    assert template_rules.host_driver() == expected
+
+
+def test_host_driver_gives_up_on_a_hung_nvidia_smi(tmp_path, monkeypatch):
+    fake_smi(tmp_path, monkeypatch, "sleep 30")
+    monkeypatch.setattr(template_rules, "NVIDIA_SMI_TIMEOUT_S", 0.5)
+    assert template_rules.host_driver() is None
+
+
+def test_host_driver_is_none_without_nvidia_smi(monkeypatch):
+    monkeypatch.setattr(template_rules.shutil, "which", lambda name: None)
+    assert template_rules.host_driver() is None
 
 
 def test_every_shipped_lock_is_an_offered_valid_combination():
@@ -135,7 +225,12 @@ GENERATED = ("compat.yaml", "cookiecutter.json", "templates/locks/", "requiremen
 
 
 def test_version_facts_are_written_only_in_the_table():
-    sources = [p for p in TEMPLATE.rglob("*") if p.is_file() and not {".git", ".venv", "tests"} & set(p.parts)]
+    # The repository's files (tracked or about to be), not caches or virtualenvs.
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=TEMPLATE, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    sources = [TEMPLATE / name for name in listed if (TEMPLATE / name).is_file() and not name.startswith("tests/")]
     for path in sources:
         relative = str(path.relative_to(TEMPLATE))
         if relative.startswith(GENERATED) or relative.endswith(GENERATED) or "__pycache__" in relative:
