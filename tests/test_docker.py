@@ -205,10 +205,12 @@ def test_gpu_test_reports_the_cpu_and_no_gpu(project):
     assert report["framework"] == project.framework
     assert report["framework_version"].split("+")[0] == template_rules.framework_version(framework)
     assert report["cuda_build"].startswith(project.cuda)  # the build's CUDA, not the image's
-    assert report["gpu_available"] is False and report["gpus"] == []
+    assert report["gpu_available"] is False and report["gpus"] == [] and report["no_gpu_reason"]
+    fields = re.search(r"REPORT_FIELDS = \(([^)]*)\)", (project.path / "gpu_test.py").read_text()).group(1)
+    assert list(report) == re.findall(r'"(\w+)"', fields)  # every field, null where not measured
     assert report["cpu_fp32_gflops"] > 0
-    if project.framework == "pytorch":
-        assert report["train_cpu_samples_per_s"] > 0  # a real training step, timed
+    assert report["train_cpu_samples_per_s"] > 0  # a real training step, timed
+    assert report["speedup_fp32"] is None and report["h2d_pinned_gbps"] is None
     table = project.exec("python", "gpu_test.py", "--quick").stdout
     assert "No GPU is usable" in table and "GFLOP/s" in table
     assert project.exec("python", "gpu_test.py", "--quick", "--require-gpu", check=False).returncode == 1

@@ -4,7 +4,11 @@ stands in for CUDA streams (work queued, the call returning at once)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import queue
+import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -69,7 +73,59 @@ def test_architecture_support(arch_list, capability, supported):
 
 
 def test_require_gpu_fails_without_a_gpu(monkeypatch, capsys):
-    monkeypatch.setattr(gpu_test, "collect", lambda args: {"gpu_available": False, "no_gpu_reason": "none here"})
+    no_gpu = {**dict.fromkeys(gpu_test.REPORT_FIELDS), "gpu_available": False, "no_gpu_reason": "none here"}
+    monkeypatch.setattr(gpu_test, "collect", lambda args: no_gpu)
     assert gpu_test.main(["--json", "--require-gpu"]) == 1
     assert gpu_test.main(["--json"]) == 0
     assert "no usable GPU" in capsys.readouterr().err
+
+
+def test_a_gpu_computing_wrongly_fails_the_run(monkeypatch):
+    wrong = {**dict.fromkeys(gpu_test.REPORT_FIELDS), "gpu_available": True, "results_match": False}
+    monkeypatch.setattr(gpu_test, "collect", lambda args: wrong)
+    monkeypatch.setattr(gpu_test, "print_table", lambda report: None)
+    assert gpu_test.main(["--require-gpu"]) == 1
+
+
+def test_report_has_every_field_even_without_a_framework(capsys):
+    """This venv has neither PyTorch nor TensorFlow: the report still has its full shape."""
+    assert gpu_test.main(["--json", "--quick"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report) == list(gpu_test.REPORT_FIELDS)
+    assert report["gpu_available"] is False and report["no_gpu_reason"] == "neither PyTorch nor TensorFlow"
+
+
+@pytest.mark.network
+def test_host_venv_with_pip_installed_torch(tmp_path):
+    """The project README's host check: gpu_test.py in a plain venv with pip's torch
+    (on Linux a CUDA build; here, with no GPU, it must say so and still measure the CPU)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "torch", "numpy"], capture_output=True, text=True, check=False
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    script = str(TEMPLATE / "{{cookiecutter.project_slug}}" / "gpu_test.py")
+    try:
+        result = subprocess.run(
+            [python, script, "--quick", "--json"], capture_output=True, text=True, timeout=600, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert list(report) == list(gpu_test.REPORT_FIELDS)
+        assert report["framework"] == "pytorch" and report["gpu_available"] is False and report["gpus"] == []
+        assert report["no_gpu_reason"] in (
+            "torch.cuda.is_available() is False",
+            "this PyTorch build has no CUDA support",
+        )
+        assert report["cpu_fp32_gflops"] > 0 and report["train_cpu_samples_per_s"] > 0
+        assert report["speedup_fp32"] is None and report["gpu_fp32_tflops"] is None
+        table = subprocess.run([python, script, "--quick"], capture_output=True, text=True, check=False)
+        assert table.returncode == 0 and "No GPU is usable" in table.stdout and "GFLOP/s" in table.stdout
+        strict = subprocess.run(
+            [python, script, "--quick", "--require-gpu"], capture_output=True, text=True, check=False
+        )
+        assert strict.returncode == 1 and "no usable GPU" in strict.stderr
+    finally:
+        shutil.rmtree(venv)  # a CUDA torch is 5 GB

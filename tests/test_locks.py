@@ -3,7 +3,6 @@ them so (scripts/relock.py, which runs each project's own docker/lock script).""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 
@@ -50,7 +49,6 @@ def test_edited_shipped_lock_is_reported_stale(locks_copy, manager, capsys):
 
 
 @pytest.mark.network
-@pytest.mark.skipif(os.environ.get("RUN_NETWORK_TESTS") != "1", reason="needs PyPI: set RUN_NETWORK_TESTS=1")
 def test_relock_resolves_against_the_index_and_keeps_current_pins(locks_copy):
     """The maintenance command really resolves (PyPI), and re-locking an up-to-date
     combination changes nothing: locks move only when their inputs do."""

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import http.server
 import json
-import os
 import sys
 import threading
 import tomllib
@@ -29,10 +28,7 @@ sys.path.insert(0, str(TEMPLATE / "scripts"))
 
 import relock
 
-pytestmark = [
-    pytest.mark.network,
-    pytest.mark.skipif(os.environ.get("RUN_NETWORK_TESTS") != "1", reason="needs PyPI: set RUN_NETWORK_TESTS=1"),
-]
+pytestmark = pytest.mark.network
 
 LOCAL_WHEELS = sorted(Path("/opt/wheels").glob("torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"))
 
