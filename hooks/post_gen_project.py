@@ -43,6 +43,24 @@ def remove_other_managers_files(manager: str) -> None:
             remove(*(name for name in files if name not in keep))
 
 
+def keep_readme_languages(language: str) -> None:
+    """README.md is rendered in English and README.ko.md in Korean; keep what was asked."""
+    korean = PROJECT / "README.ko.md"
+    if language == "en":
+        remove("README.ko.md")
+    elif language == "ko" and korean.is_file():
+        korean.replace(PROJECT / "README.md")
+
+
+def remove_update_record_without_commit() -> bool:
+    """.cruft.json needs the template's commit; a copy without git history has none, and
+    a record without it would make `cruft update` fail. Returns True when kept."""
+    record = PROJECT / ".cruft.json"
+    if record.is_file() and not json.loads(record.read_text(encoding="utf-8"))["commit"]:
+        record.unlink()
+    return record.is_file()
+
+
 def create_user_dirs() -> None:
     for name in USER_DIRS:
         (PROJECT / name).mkdir(exist_ok=True)
@@ -79,10 +97,15 @@ def hand_over_to_configured_user(uid: int, gid: int) -> None:
             os.lchown(name, uid, gid)
 
 
-def print_next_steps(env_written: bool) -> None:
+def print_next_steps(env_written: bool, updatable: bool) -> None:
     host_port = ANSWERS["jupyter_host_port"]
     slug = ANSWERS["project_slug"]
     note = "" if env_written else "  (.env existed and was kept, token included)\n"
+    if not updatable:
+        note += (
+            "  (the template had no git history: no .cruft.json; "
+            "`cruft link <template git URL>` links the project for updates later)\n"
+        )
     print(
         f"""
 Project written to {PROJECT}
@@ -102,10 +125,12 @@ The NVIDIA driver on the host must be >= {ANSWERS["__min_driver"]} (nvidia-smi s
 
 def main() -> None:
     remove_other_managers_files(ANSWERS["dependency_manager"])
+    keep_readme_languages(ANSWERS["readme_language"])
+    updatable = remove_update_record_without_commit()
     create_user_dirs()
     env_written = write_env_file()
     hand_over_to_configured_user(int(ANSWERS["uid"]), int(ANSWERS["gid"]))
-    print_next_steps(env_written)
+    print_next_steps(env_written, updatable)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The template's rules: the compatibility table, values derived from the answers,
 validation of the answers, and defaults read from the host.
 
-Shared by the hooks, the Jinja extension (``local_extensions.py``), the maintenance
+Shared by the hooks, the Jinja extension (``template_jinja.py``), the maintenance
 scripts and the tests, so each rule is written once. Needs only the standard library
 and PyYAML, which cookiecutter itself depends on, so it runs wherever cookiecutter does.
 """
@@ -32,6 +32,18 @@ MANAGER_FILES = {
     "pip": ("requirements.in", "requirements.txt", "docker/uv-requirements.txt"),
     "poetry": ("pyproject.toml", "poetry.lock", "docker/poetry-requirements.txt"),
 }
+
+# The generated README's languages: the answer, and its label (the first is the default).
+README_LANGUAGES = {
+    "en": "English (README.md)",
+    "ko": "한국어 / Korean (README.md)",
+    "en+ko": "Both (README.md in English, README.ko.md in Korean)",
+}
+
+# What `cruft update` never patches in a project: the user's settings, code, data and
+# caches, the lock (re-resolved by `make lock` when the inputs change), and cruft's own
+# record. Written into each project's .cruft.json.
+UPDATE_SKIP = [".cruft.json", ".env", "src", "data", "cache", *sorted({files[1] for files in MANAGER_FILES.values()})]
 
 # Ids that exist in every base image and must not be renamed to the project's user.
 RESERVED_IDS = {0: "root", 65534: "nobody / nogroup"}
@@ -352,6 +364,7 @@ def validate(answers: dict, table: dict | None = None) -> list[Problem]:
         _check_choice(table, "python_version", table["python"], answers.get("python_version")),
         _check_choice(table, "dependency_manager", table["dependency_managers"], answers.get("dependency_manager")),
     ]
+    choices.append(_check_choice(table, "readme_language", README_LANGUAGES, answers.get("readme_language", "en")))
     for found in choices:
         problems += found
     if not any(choices):
@@ -437,3 +450,88 @@ def host_notes(answers: dict, driver: str | None, table: dict | None = None) -> 
         "(COMPOSE_FILE=compose.yaml). Update the driver, or ignore this if the project is for another machine."
     )
     return [note]
+
+
+# ---------------------------------------------------------------------------------------
+# Where the project came from (for `cruft update`)
+# ---------------------------------------------------------------------------------------
+
+
+def template_commit(repo_dir: Path = REPO_DIR) -> str:
+    """The template's git commit, or "" where it is not a git checkout (a zip download)."""
+    git = shutil.which("git")
+    # Only the template's own checkout counts, not a repository it happens to sit in.
+    if not git or not (repo_dir / ".git").exists():
+        return ""
+    try:
+        result = subprocess.run(
+            [git, "-C", str(repo_dir), "rev-parse", "--verify", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else ""
+
+
+def template_address(given: str, repo_dir: Path = REPO_DIR) -> str:
+    """What `cruft update` clones: the URL the user gave, with cookiecutter's gh:/gl:/bb:
+    abbreviations expanded, or this checkout's absolute path for a local template."""
+    from cookiecutter.config import BUILTIN_ABBREVIATIONS
+    from cookiecutter.repository import expand_abbreviations, is_repo_url
+
+    expanded = expand_abbreviations(given, BUILTIN_ABBREVIATIONS)
+    return expanded if is_repo_url(expanded) else str(repo_dir)
+
+
+def cruft_record(answers: dict, repo_dir: Path = REPO_DIR) -> dict:
+    """The project's .cruft.json: template address and commit, the answers, the skip list.
+
+    The answers are the questions only: cruft passes them back as answers on update, so
+    derived values (the private ``__`` variables) are derived again by the new template.
+    """
+    questions = {key: value for key, value in answers.items() if not key.startswith("_")}
+    address = template_address(str(answers.get("_template", "")), repo_dir)
+    commit = template_commit(repo_dir)
+    return {
+        "template": address,
+        "commit": commit,
+        "checkout": None,
+        "context": {"cookiecutter": {**questions, "_template": address, "_commit": commit}},
+        "directory": None,
+        "skip": UPDATE_SKIP,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Jinja: what the templates and cookiecutter.json can call
+# ---------------------------------------------------------------------------------------
+
+
+def install_jinja(environment) -> None:
+    """Filters and globals of the template's Jinja environment (template_jinja.py).
+
+    cookiecutter.json computes each private ``__`` variable once with the ``derived``
+    filter, e.g. ``"__base_image": "{{ cookiecutter | derived('base_image') }}"``.
+    """
+    environment.filters["derived"] = lambda answers, key: derive(dict(answers))[key]
+    # Defaults for the uid/gid questions: the generating user's ids.
+    environment.globals["host_uid"] = lambda: host_ids()[0]
+    environment.globals["host_gid"] = lambda: host_ids()[1]
+    # Default for cuda_version: the newest build of the chosen framework the host's
+    # driver runs (nvidia-smi), else the table's default for that framework.
+    environment.globals["host_cuda"] = lambda framework: default_cuda(framework, host_driver())
+    # Where the hooks import this module from: absolute, because cookiecutter's
+    # _repo_dir is relative to a working directory the hooks do not run in.
+    environment.globals["template_rules_dir"] = str(Path(__file__).resolve().parent)
+    # The project's direct dependencies, for pyproject.toml and requirements.in.
+    environment.globals["requirements"] = lambda answers: requirements(dict(answers))
+    # Each manager's (input, lock, tool requirements) file names.
+    environment.globals["manager_files"] = MANAGER_FILES
+    # .cruft.json's content: where the project came from, for `cruft update`.
+    environment.filters["cruft_record"] = lambda answers: cruft_record(dict(answers))
+    # The table itself, for blocks that list its facts (pinned packages, platforms).
+    environment.globals["compat"] = load_table()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hooks"))
-sys.path.insert(0, str(REPO))  # local_extensions, as cookiecutter loads it
+sys.path.insert(0, str(REPO))  # template_jinja, as cookiecutter loads it
 
 import template_rules
 from cookiecutter.environment import StrictEnvironment

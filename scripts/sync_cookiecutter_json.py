@@ -37,10 +37,11 @@ def build(table: dict) -> dict:
         "python_version": first(defaults["python_version"], table["python"]),
         "jupyter_host_port": defaults["jupyter_host_port"],
         "jupyter_container_port": defaults["jupyter_container_port"],
-        # The generating user's ids (local_extensions.py), so bind-mounted files are theirs.
+        # The generating user's ids (hooks/template_rules.py), so bind-mounted files are theirs.
         "uid": "{{ host_uid() }}",
         "gid": "{{ host_gid() }}",
         "dependency_manager": first(defaults["dependency_manager"], table["dependency_managers"]),
+        "readme_language": list(template_rules.README_LANGUAGES),
         "__dist_name": "{{ cookiecutter | derived('dist_name') }}",
         "__image_name": "{{ cookiecutter | derived('image_name') }}",
         "__base_image": "{{ cookiecutter | derived('base_image') }}",
@@ -72,8 +73,9 @@ def build(table: dict) -> dict:
                 "__prompt__": "Dependency manager",
                 **{name: spec["label"] for name, spec in table["dependency_managers"].items()},
             },
+            "readme_language": {"__prompt__": "Language of the project's README", **template_rules.README_LANGUAGES},
         },
-        "_extensions": ["local_extensions.TemplateRules"],
+        "_extensions": ["template_jinja.TemplateRules"],
         "_jinja2_env_vars": {"lstrip_blocks": True, "trim_blocks": True},
     }
 

@@ -21,7 +21,7 @@ from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TEMPLATE / "hooks"))
-sys.path.insert(0, str(TEMPLATE))  # local_extensions, as cookiecutter loads it
+sys.path.insert(0, str(TEMPLATE))  # template_jinja, as cookiecutter loads it
 
 import template_rules
 

@@ -22,6 +22,7 @@ from cookiecutter.main import cookiecutter
 TABLE = template_rules.load_table()
 
 COMMON_FILES = {
+    ".cruft.json",
     ".devcontainer/devcontainer.json",
     ".devcontainer/select-gpu",
     ".dockerignore",
@@ -103,10 +104,11 @@ def compose_config(project: Path, compose_file: str | None = None) -> dict:
 @pytest.mark.parametrize("key", SUPPORTED)
 def test_every_supported_combination_bakes_exactly_its_files(bake, key):
     answers = answers_for(key)
-    baked = bake(**answers)
+    baked = bake(**answers, readme_language="en+ko")  # both READMEs, rendered for each combination
     assert baked.exit_code == 0, baked.output
     project = baked.project_path
-    assert files_of(project) == COMMON_FILES | set(template_rules.MANAGER_FILES[answers["dependency_manager"]])
+    expected = COMMON_FILES | {"README.ko.md"} | set(template_rules.MANAGER_FILES[answers["dependency_manager"]])
+    assert files_of(project) == expected
     for name in files_of(project):
         text = (project / name).read_text(encoding="utf-8")
         for marker in ("{{", "{%", "{#", "cookiecutter."):

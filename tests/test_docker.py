@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import BENCHMARKS, TEMPLATE, run, template_rules
 from cookiecutter.main import cookiecutter
+from test_readme import readme_block
 
 pytestmark = pytest.mark.docker
 
@@ -454,3 +455,50 @@ def test_product_time_grows_with_n_cubed(project):
     times = {int(n): t for n, t in json.loads(project.exec("python", "-c", probe).stdout).items()}
     for small, large in ((256, 512), (512, 1024)):
         assert 3 < times[large] / times[small] < 20, times
+
+
+def test_the_readme_first_run_and_daily_commands_work(project, tmp_path):
+    """The project README, as a newcomer follows it: every command block it gives for
+    the first run and daily use, verbatim, in its order, on the real engine. (The CPU
+    form: this machine has no GPU, so COMPOSE_FILE=compose.yaml, as the README says.)"""
+    if project.name != "Docker Default":
+        return
+    readme = project.path / "README.md"
+    # `docker` on PATH is the client that builds here (see conftest.docker_env).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").symlink_to(project.docker)
+    env = {**project.env, "PATH": f"{bin_dir}{os.pathsep}{project.env['PATH']}"}
+
+    def run_block(key: str) -> str:
+        output = ""
+        for line in readme_block(readme, key):
+            result = run(["bash", "-c", line], cwd=project.path, env=env, stdin=subprocess.DEVNULL)
+            assert result.returncode == 0, f"README `{line}`:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+            output += result.stdout
+        return output
+
+    project.compose("down")  # the README starts with nothing running (doctor checks the port is free)
+    doctor = run_block("check-host")
+    assert "GPU not requested" in doctor and "  FAIL  " not in doctor
+    run_block("start")
+    wait_for_jupyter(project)
+    assert "No GPU is usable" in run_block("gpu-test")
+    [url] = [line for line in run_block("open-jupyter").splitlines() if line.startswith("http")]
+    assert url == f"http://127.0.0.1:{project.host_port}/lab?token={project.token}"
+    assert http_status(url) == 200  # the printed address opens JupyterLab as it is
+
+    run_block("pause")  # make stop, make start: the same container
+    wait_for_jupyter(project)
+    lock = project.path / template_rules.MANAGER_FILES[project.manager][1]
+    before = lock.read_bytes()
+    run_block("add-dependency")  # make lock, make up (no dependency added: the lock stays)
+    assert lock.read_bytes() == before
+    wait_for_jupyter(project)
+
+    project.exec("sh", "-c", "echo work > notebooks/readme-check.txt")
+    listing = run_block("remove")  # docker compose down -v, then ls src notebooks
+    assert "readme-check.txt" in listing and not project.compose("ps", "-aq").stdout.strip()
+    run_block("cpu-only")
+    wait_for_jupyter(project)
+    assert project.exec("cat", "notebooks/readme-check.txt").stdout == "work\n"

@@ -6,14 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import queue
-import shutil
 import subprocess
-import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TEMPLATE
+from test_readme import readme_block
 
 spec = importlib.util.spec_from_file_location("gpu_test", TEMPLATE / "{{cookiecutter.project_slug}}" / "gpu_test.py")
 gpu_test = importlib.util.module_from_spec(spec)
@@ -96,21 +96,20 @@ def test_report_has_every_field_even_without_a_framework(capsys):
 
 
 @pytest.mark.network
-def test_host_venv_with_pip_installed_torch(tmp_path):
-    """The project README's host check: gpu_test.py in a plain venv with pip's torch
-    (on Linux a CUDA build; here, with no GPU, it must say so and still measure the CPU)."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "torch", "numpy"], capture_output=True, text=True, check=False
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
-    script = str(TEMPLATE / "{{cookiecutter.project_slug}}" / "gpu_test.py")
+def test_the_readme_host_check_runs_in_a_fresh_venv(bake):
+    """The project README's check without Docker: a throw-away venv with pip's torch (on
+    Linux a CUDA build; here, with no GPU, gpu_test.py must say so and still time the CPU)."""
+    project = bake().project_path
+    *setup, check, cleanup = readme_block(project / "README.md", "host-gpu-test")
+    assert check == ".venv-host/bin/python gpu_test.py --quick" and cleanup == "rm -rf .venv-host"
     try:
-        result = subprocess.run(
-            [python, script, "--quick", "--json"], capture_output=True, text=True, timeout=600, check=False
-        )
+        for line in setup:
+            done = shell(line, project)
+            assert done.returncode == 0, f"{line}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        table = shell(check, project)
+        assert table.returncode == 0, table.stderr
+        assert "No GPU is usable" in table.stdout and "GFLOP/s" in table.stdout
+        result = shell(f"{check} --json", project)
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         assert list(report) == list(gpu_test.REPORT_FIELDS)
@@ -121,11 +120,12 @@ def test_host_venv_with_pip_installed_torch(tmp_path):
         )
         assert report["cpu_fp32_gflops"] > 0 and report["train_cpu_samples_per_s"] > 0
         assert report["speedup_fp32"] is None and report["gpu_fp32_tflops"] is None
-        table = subprocess.run([python, script, "--quick"], capture_output=True, text=True, check=False)
-        assert table.returncode == 0 and "No GPU is usable" in table.stdout and "GFLOP/s" in table.stdout
-        strict = subprocess.run(
-            [python, script, "--quick", "--require-gpu"], capture_output=True, text=True, check=False
-        )
+        strict = shell(f"{check} --require-gpu", project)
         assert strict.returncode == 1 and "no usable GPU" in strict.stderr
     finally:
-        shutil.rmtree(venv)  # a CUDA torch is 5 GB
+        assert shell(cleanup, project).returncode == 0  # a CUDA torch is 5 GB
+    assert not (project / ".venv-host").exists()
+
+
+def shell(line: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(line, shell=True, cwd=cwd, capture_output=True, text=True, timeout=1800, check=False)

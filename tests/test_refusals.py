@@ -53,6 +53,7 @@ NOT_A_CHOICE = [
     ({"framework": "jax"}, "framework"),
     ({"python_version": "3.9"}, "python_version"),
     ({"dependency_manager": "conda"}, "dependency_manager"),
+    ({"readme_language": "fr"}, "readme_language"),
 ]
 
 # Offered, but not built yet in this version of the template (no lock shipped).

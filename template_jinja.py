@@ -1,0 +1,33 @@
+"""The template's Jinja extension: values derived from the answers, and defaults read
+from the host, all defined in hooks/template_rules.py (``install_jinja``).
+
+Keep this file as it is. `cruft update` renders the old and the new version of the
+template in one Python process, and Python imports an extension module once: whatever
+this file defined would come from the older version for both. So it only reads
+hooks/template_rules.py afresh from disk for each Jinja environment, and every rule,
+filter and global lives there. (It replaced ``local_extensions.py`` under a new name for
+the same reason: projects made before it still have that module cached in their updates.)
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from jinja2.ext import Extension
+
+RULES_FILE = Path(__file__).resolve().parent / "hooks" / "template_rules.py"
+
+
+def load_rules():
+    """hooks/template_rules.py of this checkout, executed afresh."""
+    spec = importlib.util.spec_from_file_location("_template_rules_for_jinja", RULES_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
+
+
+class TemplateRules(Extension):
+    def __init__(self, environment):
+        super().__init__(environment)
+        load_rules().install_jinja(environment)

@@ -1,0 +1,147 @@
+"""The READMEs' commands are the tested ones, in English and Korean alike.
+
+Every ```` ```bash <key> ```` block of the template's README and of the project's README
+is run by a test that asks for it by key (`readme_block(path, key)`): the project's on a
+real Docker engine (test_docker.py), its update commands with cruft (test_update.py),
+its host self-test in a fresh venv (test_gpu_test.py), the quick start here. The Korean
+READMEs must hold exactly the same blocks, so running the English ones runs both."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import TEMPLATE
+
+PROJECT_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug}}"
+PROJECT_README = PROJECT_TEMPLATE / "README.md"
+READMES = {
+    "template": (TEMPLATE / "README.md", TEMPLATE / "README.ko.md"),
+    "project": (PROJECT_TEMPLATE / "README.md", PROJECT_TEMPLATE / "README.ko.md"),
+}
+# A fenced block, possibly indented under a list item: its info string and its body.
+FENCE = re.compile(
+    r"^(?P<indent>[ ]*)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ ]*$", re.MULTILINE | re.DOTALL
+)
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+
+
+def fenced_blocks(path: Path) -> list[tuple[str, str]]:
+    """(info string, body) of every fenced block, bodies dedented."""
+    text = path.read_text(encoding="utf-8")
+    return [(match["info"].strip(), textwrap.dedent(match["body"])) for match in FENCE.finditer(text)]
+
+
+def runnable_blocks(path: Path) -> dict[str, list[str]]:
+    """key -> command lines of every ```bash <key> block (full-line comments dropped)."""
+    blocks: dict[str, list[str]] = {}
+    for info, body in fenced_blocks(path):
+        words = info.split()
+        if words[:1] == ["bash"]:
+            assert len(words) == 2, f"{path.name}: a bash block needs exactly one key: ```{info}"
+            assert words[1] not in blocks, f"{path.name}: key {words[1]} used twice"
+            blocks[words[1]] = [
+                line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")
+            ]
+    return blocks
+
+
+def readme_block(path: Path, key: str) -> list[str]:
+    """The command lines of one runnable block: what a test runs."""
+    return runnable_blocks(path)[key]
+
+
+def keys_run_by_tests() -> set[str]:
+    """Keys that some test asks for by name: a literal key given to readme_block(path, key),
+    or to test_docker's run_block(key), which runs readme_block's lines."""
+    calls = re.compile(r'(?:readme_block\([^\n]*?,\s*|run_block\()"([\w-]+)"\)')
+    found: set[str] = set()
+    for test_file in Path(__file__).parent.glob("test_*.py"):
+        found |= set(calls.findall(test_file.read_text(encoding="utf-8")))
+    return found
+
+
+@pytest.mark.parametrize("which", sorted(READMES))
+def test_the_korean_readme_holds_the_same_commands_and_structure(which):
+    english, korean = READMES[which]
+    assert korean.is_file(), f"{korean.relative_to(TEMPLATE)} is missing"
+    en, ko = english.read_text(encoding="utf-8"), korean.read_text(encoding="utf-8")
+    assert fenced_blocks(korean) == fenced_blocks(english)
+    for pattern in (r"^## ", r"^### ", r"^\|"):  # sections, subsections, table rows
+        assert len(re.findall(pattern, ko, re.MULTILINE)) == len(re.findall(pattern, en, re.MULTILINE)), pattern
+    assert re.findall(r"\]\((https?://[^)]+)\)", ko) == re.findall(r"\]\((https?://[^)]+)\)", en)
+    # Jinja statements and expressions: the same ones, in the same order.
+    assert re.findall(r"{%.*?%}", ko, re.DOTALL) == re.findall(r"{%.*?%}", en, re.DOTALL)
+    assert sorted(re.findall(r"{{.*?}}", ko, re.DOTALL)) == sorted(re.findall(r"{{.*?}}", en, re.DOTALL))
+    assert len(HANGUL.findall(ko)) > 500 and not HANGUL.findall(en.replace("한국어", ""))
+    assert "(README.md)" in ko and "(README.ko.md)" in en  # each links to the other
+
+
+def test_every_runnable_readme_block_is_run_by_a_test():
+    keys = set()
+    for english, _ in READMES.values():
+        keys |= set(runnable_blocks(english))
+    assert keys, "no runnable blocks found"
+    assert sorted(keys - keys_run_by_tests()) == []
+
+
+def test_readme_blocks_are_parsed_as_written(tmp_path):
+    """The parser the other tests rely on: indented blocks, keys, comments."""
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "1. Step\n\n   ```bash first\n   make up   # start\n   # a note\n   make jupyter\n   ```\n\n```text\nnot run\n```\n"
+    )
+    assert runnable_blocks(readme) == {"first": ["make up   # start", "make jupyter"]}
+    readme.write_text("```bash\nmake up\n```\n")
+    with pytest.raises(AssertionError, match="needs exactly one key"):
+        runnable_blocks(readme)
+
+
+@pytest.mark.parametrize(
+    ("language", "files"),
+    [("en", {"README.md"}), ("ko", {"README.md"}), ("en+ko", {"README.md", "README.ko.md"})],
+)
+def test_the_project_readme_comes_in_the_chosen_language(bake, language, files):
+    project = bake(readme_language=language).project_path
+    assert {path.name for path in project.glob("README*")} == files
+    readme = (project / "README.md").read_text()
+    assert bool(HANGUL.search(readme.replace("한국어", ""))) is (language == "ko")
+    assert ("README.ko.md" in readme) is (language == "en+ko")
+    if language == "en+ko":
+        korean = (project / "README.ko.md").read_text()
+        assert HANGUL.search(korean) and "(README.md)" in korean
+        assert [body for _, body in fenced_blocks(project / "README.ko.md")] == [
+            body for _, body in fenced_blocks(project / "README.md")
+        ]
+
+
+def test_the_quick_start_is_what_ci_runs():
+    """`make test` is the second quick-start command and the command CI runs."""
+    generate, run_tests = (line.split("#")[0].strip() for line in readme_block(TEMPLATE / "README.md", "quick-start"))
+    assert run_tests == "make test"
+    ci = (TEMPLATE / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.MULTILINE)
+    assert generate == "make project"
+
+
+@pytest.mark.network
+def test_the_quick_start_generates_a_project_on_a_fresh_clone(tmp_path):
+    """`make project` in a fresh clone: it installs the pinned tools, then generates."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(TEMPLATE), str(clone)], check=True)
+    for name in subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard", "--modified"],
+        cwd=TEMPLATE, capture_output=True, text=True, check=True,
+    ).stdout.splitlines():  # fmt: skip
+        if (TEMPLATE / name).is_file():  # the working tree, committed or not
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            (clone / name).write_bytes((TEMPLATE / name).read_bytes())
+    generate = readme_block(TEMPLATE / "README.md", "quick-start")[0].split("#")[0].strip()
+    result = subprocess.run(generate, shell=True, cwd=clone, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    project = clone / "build" / "gpu_lab"
+    assert (project / "README.md").is_file() and (project / ".env").is_file()
+    assert f"Project written to {project}" in result.stdout
