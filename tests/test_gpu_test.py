@@ -9,6 +9,7 @@ import queue
 import subprocess
 import threading
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,25 @@ def test_the_readme_host_check_runs_in_a_fresh_venv(bake):
 
 def shell(line: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(line, shell=True, cwd=cwd, capture_output=True, text=True, timeout=1800, check=False)
+
+
+def test_tf32_switch_uses_the_api_the_installed_torch_has():
+    """torch >= 2.9 has fp32_precision, and reading allow_tf32 after mixing the two APIs
+    is an error there; older torch has only allow_tf32."""
+
+    class NewMatmul:
+        fp32_precision = "ieee"
+
+    class LegacyMatmul:
+        allow_tf32 = False
+
+    for matmul, attribute, on, off in (
+        (NewMatmul(), "fp32_precision", "tf32", "ieee"),
+        (LegacyMatmul(), "allow_tf32", True, False),
+    ):
+        torch = SimpleNamespace(backends=SimpleNamespace(cuda=SimpleNamespace(matmul=matmul)))
+        gpu_test.set_tf32(torch, True)
+        assert getattr(matmul, attribute) == on
+        gpu_test.set_tf32(torch, False)
+        assert getattr(matmul, attribute) == off
+    assert not hasattr(LegacyMatmul(), "fp32_precision")

@@ -185,8 +185,7 @@ def torch_report(args: argparse.Namespace) -> dict:
 
     device = torch.device("cuda:0")
     sync = torch.cuda.synchronize
-    matmul = torch.backends.cuda.matmul
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32: TF32 is another product
+    set_tf32(torch, False)  # fp32 means fp32: TF32 is another product
 
     # The same fp32 product as on the CPU, for the speedup; the GPU must agree with the CPU.
     a_gpu, b_gpu = a_cpu.to(device), b_cpu.to(device)
@@ -200,13 +199,13 @@ def torch_report(args: argparse.Namespace) -> dict:
     report["matmul_big_n"] = big
     report["half_precision"] = str(half).removeprefix("torch.")
     for label, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("half", half, False)):
-        matmul.allow_tf32 = tf32
+        set_tf32(torch, tf32)
         a = torch.randn(big, big, device=device, dtype=dtype)
         b = torch.randn(big, big, device=device, dtype=dtype)
         seconds = batched_seconds(lambda a=a, b=b: a @ b, sync, repeats)
         report[f"gpu_{label}_tflops"] = 2 * big**3 / seconds / 1e12
         del a, b
-    matmul.allow_tf32 = False
+    set_tf32(torch, False)
 
     # Memory bandwidth: pinned host-to-device, and device-to-device copies (read + write).
     size = (64 if args.quick else 1024) << 20
@@ -223,6 +222,16 @@ def torch_report(args: argparse.Namespace) -> dict:
     if torch.cuda.device_count() > 1:
         report["allreduce"] = launch_allreduce(torch.cuda.device_count(), args.quick)
     return report
+
+
+def set_tf32(torch, enabled: bool) -> None:
+    """TF32 for float32 matrix products on or off, with the API the installed torch has
+    (torch >= 2.9: fp32_precision; mixing it with the older allow_tf32 is an error there)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        matmul.allow_tf32 = enabled
 
 
 def train_samples_per_second(torch, device: str, quick: bool, repeats: int) -> float:
