@@ -9,8 +9,8 @@ import queue
 import subprocess
 import threading
 import time
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import TEMPLATE
