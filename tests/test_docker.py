@@ -490,6 +490,9 @@ def test_the_readme_first_run_and_daily_commands_work(project, tmp_path):
 
     run_block("pause")  # make stop, make start: the same container
     wait_for_jupyter(project)
+    # The table's interactive commands, fed from a pipe as a person would type them.
+    shell = run(["make", "shell"], cwd=project.path, env=env, input="id -u\npwd\nexit\n")
+    assert shell.returncode == 0 and shell.stdout.split()[-2:] == [str(project.uid), "/workspace"], shell
     lock = project.path / template_rules.MANAGER_FILES[project.manager][1]
     before = lock.read_bytes()
     run_block("add-dependency")  # make lock, make up (no dependency added: the lock stays)

@@ -28,6 +28,8 @@ sys.path.insert(0, str(TEMPLATE / "scripts"))
 
 import relock
 
+import template_jinja
+
 pytestmark = pytest.mark.network
 
 LOCAL_WHEELS = sorted(Path("/opt/wheels").glob("torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"))
@@ -92,6 +94,9 @@ def index_build(local_index, monkeypatch, tmp_path_factory):
     table["common_requirements"] = ["filelock"]  # the decoy's name, asked for directly
     table["lock_platforms"] = ["sys_platform == 'linux' and platform_machine == 'x86_64'"]
     monkeypatch.setattr(template_rules, "load_table", lambda path=None: table)
+    # Rendering reads the rules through the Jinja extension, which loads them afresh from
+    # disk: make it use this (patched) module instead.
+    monkeypatch.setattr(template_jinja, "load_rules", lambda: template_rules)
     context = json.loads((TEMPLATE / "cookiecutter.json").read_text())
     context["python_version"].append("3.11")
     context_file = tmp_path_factory.mktemp("context") / "cookiecutter.json"
