@@ -445,7 +445,7 @@ def print_table(report: dict) -> None:
     row("Framework", f"{report.get('framework')} {report.get('framework_version', '')}")
     row("CUDA build", report.get("cuda_build") or "none (CPU-only build)")
     row("cuDNN", report.get("cudnn") or "-")
-    row("NVIDIA driver", report.get("driver") or "not visible (no GPU in this container)")
+    row("NVIDIA driver", report.get("driver") or "not found (nvidia-smi is missing or fails here)")
     shm = report.get("shm_bytes")
     row("/dev/shm", f"{shm / 2**30:.1f} GiB" if shm else "unknown")
     if report.get("shm_ok") is False:
