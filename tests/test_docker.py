@@ -469,6 +469,8 @@ def test_the_readme_first_run_and_daily_commands_work(project, tmp_path):
     bin_dir.mkdir()
     (bin_dir / "docker").symlink_to(project.docker)
     env = {**project.env, "PATH": f"{bin_dir}{os.pathsep}{project.env['PATH']}"}
+    for inherited in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS"):  # a user's shell, not `make test`'s child
+        env.pop(inherited, None)
 
     def run_block(key: str) -> str:
         output = ""
