@@ -363,8 +363,8 @@ def validate(answers: dict, table: dict | None = None) -> list[Problem]:
         _check_choice(table, "cuda_version", table["cuda"], answers.get("cuda_version")),
         _check_choice(table, "python_version", table["python"], answers.get("python_version")),
         _check_choice(table, "dependency_manager", table["dependency_managers"], answers.get("dependency_manager")),
+        _check_choice(table, "readme_language", README_LANGUAGES, answers.get("readme_language")),
     ]
-    choices.append(_check_choice(table, "readme_language", README_LANGUAGES, answers.get("readme_language", "en")))
     for found in choices:
         problems += found
     if not any(choices):

@@ -77,6 +77,41 @@ def bake(tmp_path, capfd, _cookiecutter_config_file):
     return _bake
 
 
+def working_tree_files() -> list[str]:
+    """The template repository's files as they are now, committed or not (no caches, no
+    virtualenvs: what git would take)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=TEMPLATE, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    return [name for name in listed if (TEMPLATE / name).is_file()]
+
+
+def copy_working_tree(dest: Path) -> None:
+    """Write the template's working tree into dest (an empty folder or a clone)."""
+    for name in working_tree_files():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(TEMPLATE / name, dest / name)
+
+
+def fake_bin(tmp_path: Path, **scripts: str) -> str:
+    """A folder of executable stand-ins (name -> script text), for PATH."""
+    folder = tmp_path / "fake-bin"
+    folder.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        path = folder / name
+        path.write_text(body)
+        path.chmod(0o755)
+    return str(folder)
+
+
+def fake_nvidia_smi(tmp_path: Path, monkeypatch, body: str) -> None:
+    """An nvidia-smi first on PATH, running `body` (shell), for the generation in this
+    process and the hooks it starts alike."""
+    folder = fake_bin(tmp_path, **{"nvidia-smi": f"#!/bin/sh\n{body}\n"})
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
@@ -164,4 +199,14 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-__all__ = ["BENCHMARKS", "TEMPLATE", "run", "template_rules", "tool"]
+__all__ = [
+    "BENCHMARKS",
+    "TEMPLATE",
+    "copy_working_tree",
+    "fake_bin",
+    "fake_nvidia_smi",
+    "run",
+    "template_rules",
+    "tool",
+    "working_tree_files",
+]

@@ -16,7 +16,7 @@ from pathlib import Path
 import json5
 import pytest
 import yaml
-from conftest import BENCHMARKS, TEMPLATE, run, template_rules, tool
+from conftest import BENCHMARKS, TEMPLATE, fake_nvidia_smi, run, template_rules, tool
 from cookiecutter.main import cookiecutter
 
 TABLE = template_rules.load_table()
@@ -267,14 +267,9 @@ def test_tensorflow_project_grows_gpu_memory_and_installs_the_cuda_extra(bake):
 
 
 def with_fake_driver(tmp_path, monkeypatch, driver: str | None) -> None:
-    """An nvidia-smi on PATH that reports `driver` as the host's would, or (None) fails
-    as it does when no driver is loaded; used by the generation and its hooks alike."""
-    folder = tmp_path / "smi-bin"
-    folder.mkdir(exist_ok=True)
-    smi = folder / "nvidia-smi"
-    smi.write_text(f"#!/bin/sh\necho {driver}\n" if driver else "#!/bin/sh\necho 'NVIDIA-SMI has failed'\nexit 9\n")
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    """nvidia-smi reports `driver` as the host's would, or (None) fails as it does when
+    no driver is loaded."""
+    fake_nvidia_smi(tmp_path, monkeypatch, f"echo {driver}" if driver else "echo 'NVIDIA-SMI has failed'; exit 9")
 
 
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow"])

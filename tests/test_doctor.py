@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import run, template_rules
+from conftest import fake_bin, run, template_rules
 
 FAKE_DOCKER = """#!/bin/sh
 case "$*" in
@@ -21,16 +20,6 @@ case "$*" in
   *) ;;
 esac
 """
-
-
-def fake_bin(tmp_path: Path, **scripts: str) -> str:
-    folder = tmp_path / "fake-bin"
-    folder.mkdir(exist_ok=True)
-    for name, body in scripts.items():
-        path = folder / name
-        path.write_text(body)
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return str(folder)
 
 
 def doctor(project: Path, path: str, **env: str):

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE
+from conftest import TEMPLATE, copy_working_tree
 
 PROJECT_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug}}"
 PROJECT_README = PROJECT_TEMPLATE / "README.md"
@@ -132,13 +132,7 @@ def test_the_quick_start_generates_a_project_on_a_fresh_clone(tmp_path):
     """`make project` in a fresh clone: it installs the pinned tools, then generates."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(TEMPLATE), str(clone)], check=True)
-    for name in subprocess.run(
-        ["git", "ls-files", "--others", "--exclude-standard", "--modified"],
-        cwd=TEMPLATE, capture_output=True, text=True, check=True,
-    ).stdout.splitlines():  # fmt: skip
-        if (TEMPLATE / name).is_file():  # the working tree, committed or not
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            (clone / name).write_bytes((TEMPLATE / name).read_bytes())
+    copy_working_tree(clone)  # the working tree, committed or not
     generate = readme_block(TEMPLATE / "README.md", "quick-start")[0].split("#")[0].strip()
     result = subprocess.run(generate, shell=True, cwd=clone, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

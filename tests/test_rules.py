@@ -10,7 +10,7 @@ import sys
 import tomllib
 
 import pytest
-from conftest import TEMPLATE, template_rules
+from conftest import TEMPLATE, fake_nvidia_smi, template_rules, working_tree_files
 
 TABLE = template_rules.load_table()
 DEFAULT_ANSWERS = {
@@ -24,6 +24,7 @@ DEFAULT_ANSWERS = {
     "uid": "1000",
     "gid": "1000",
     "dependency_manager": "uv",
+    "readme_language": "en",
 }
 
 
@@ -148,15 +149,6 @@ def test_host_notes_warn_only_when_this_host_cannot_run_the_choice():
     assert template_rules.host_notes(answers, None) == []
 
 
-def fake_smi(tmp_path, monkeypatch, body: str) -> None:
-    folder = tmp_path / "smi-bin"
-    folder.mkdir(exist_ok=True)
-    smi = folder / "nvidia-smi"
-    smi.write_text("#!/bin/sh\n" + body + "\n")
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
-
-
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -167,12 +159,12 @@ def fake_smi(tmp_path, monkeypatch, body: str) -> None:
     ],
 )
 def test_host_driver_reads_nvidia_smi(tmp_path, monkeypatch, body, expected):
-    fake_smi(tmp_path, monkeypatch, body)
+    fake_nvidia_smi(tmp_path, monkeypatch, body)
     assert template_rules.host_driver() == expected
 
 
 def test_host_driver_gives_up_on_a_hung_nvidia_smi(tmp_path, monkeypatch):
-    fake_smi(tmp_path, monkeypatch, "sleep 30")
+    fake_nvidia_smi(tmp_path, monkeypatch, "sleep 30")
     monkeypatch.setattr(template_rules, "NVIDIA_SMI_TIMEOUT_S", 0.5)
     assert template_rules.host_driver() is None
 
@@ -225,12 +217,7 @@ GENERATED = ("compat.yaml", "cookiecutter.json", "templates/locks/", "requiremen
 
 
 def test_version_facts_are_written_only_in_the_table():
-    # The repository's files (tracked or about to be), not caches or virtualenvs.
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=TEMPLATE, capture_output=True, text=True, check=True,
-    ).stdout.splitlines()  # fmt: skip
-    sources = [TEMPLATE / name for name in listed if (TEMPLATE / name).is_file() and not name.startswith("tests/")]
+    sources = [TEMPLATE / name for name in working_tree_files() if not name.startswith("tests/")]
     for path in sources:
         relative = str(path.relative_to(TEMPLATE))
         if relative.startswith(GENERATED) or relative.endswith(GENERATED) or "__pycache__" in relative:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, template_rules, tool
+from conftest import TEMPLATE, copy_working_tree, template_rules, tool
 from test_readme import PROJECT_README, readme_block
 
 # The last template commit before projects recorded where they came from (.cruft.json)
@@ -46,11 +45,6 @@ def git(*args: str, cwd: Path) -> str:
     return result.stdout.strip()
 
 
-def working_tree_files() -> list[str]:
-    listed = git("ls-files", "--cached", "--others", "--exclude-standard", cwd=TEMPLATE).splitlines()
-    return [name for name in listed if (TEMPLATE / name).is_file()]
-
-
 @pytest.fixture
 def template_history(tmp_path) -> tuple[Path, str, str]:
     """A git repository holding the old template (first commit) and the current one."""
@@ -67,9 +61,7 @@ def template_history(tmp_path) -> tuple[Path, str, str]:
     git("commit", "-qm", "old template", cwd=repo)
     old = git("rev-parse", "HEAD", cwd=repo)
     git("rm", "-rq", ".", cwd=repo)
-    for name in working_tree_files():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(TEMPLATE / name, repo / name)
+    copy_working_tree(repo)
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "current template", cwd=repo)
     return repo, old, git("rev-parse", "HEAD", cwd=repo)
@@ -178,9 +170,7 @@ def test_a_fresh_project_records_its_template_and_is_up_to_date(template_history
 
 def test_a_template_copy_without_history_writes_no_record(tmp_path):
     copy = tmp_path / "template"
-    for name in working_tree_files():
-        (copy / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(TEMPLATE / name, copy / name)
+    copy_working_tree(copy)
     project = generate(copy, tmp_path / "out")
     assert not (project / ".cruft.json").exists()
 
