@@ -97,7 +97,18 @@ def hand_over_to_configured_user(uid: int, gid: int) -> None:
             os.lchown(name, uid, gid)
 
 
-def print_next_steps(env_written: bool, updatable: bool) -> None:
+def first_lock_note(lock_shipped: bool) -> str:
+    """Builds from PyTorch's index come without a lock: say who writes it, before `make up`."""
+    if lock_shipped:
+        return ""
+    lock = template_rules.MANAGER_FILES[ANSWERS["dependency_manager"]][1]
+    return (
+        f"  make lock         # first: writes {lock}. CUDA {ANSWERS['cuda_version']} builds come from PyTorch's index\n"
+        f"                    # {ANSWERS['__wheel_index']}, which generation does not reach: run it where it is reachable\n"
+    )
+
+
+def print_next_steps(env_written: bool, updatable: bool, lock_shipped: bool) -> None:
     host_port = ANSWERS["jupyter_host_port"]
     slug = ANSWERS["project_slug"]
     note = "" if env_written else "  (.env existed and was kept, token included)\n"
@@ -113,12 +124,12 @@ Project written to {PROJECT}
 Next steps:
   cd {slug}
   make doctor       # checks Docker, the NVIDIA driver and toolkit, the port, the folders
-  make up           # docker compose up --build -d (GPU host: NVIDIA Container Toolkit)
+{first_lock_note(lock_shipped)}  make up           # docker compose up --build -d (GPU host: NVIDIA Container Toolkit)
   make gpu-test     # which GPU and CUDA the framework uses, and the speedup
 No GPU on this machine: set COMPOSE_FILE=compose.yaml in .env (or prefix the commands).
 
 Jupyter: http://127.0.0.1:{host_port}/lab?token=<JUPYTER_TOKEN from .env>  (make jupyter prints it)
-The NVIDIA driver on the host must be >= {ANSWERS["__min_driver"]} (nvidia-smi shows it).
+The NVIDIA driver on the host must be >= {ANSWERS["__min_driver"]} for CUDA {ANSWERS["cuda_version"]} (nvidia-smi shows it; README: Choosing the CUDA build).
 """
     )
 
@@ -130,7 +141,7 @@ def main() -> None:
     create_user_dirs()
     env_written = write_env_file()
     hand_over_to_configured_user(int(ANSWERS["uid"]), int(ANSWERS["gid"]))
-    print_next_steps(env_written, updatable)
+    print_next_steps(env_written, updatable, template_rules.lock_is_shipped(ANSWERS))
 
 
 if __name__ == "__main__":

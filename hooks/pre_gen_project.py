@@ -20,7 +20,7 @@ import template_rules
 def main() -> int:
     problems = template_rules.validate(ANSWERS)
     if not problems:
-        for note in template_rules.host_notes(ANSWERS, template_rules.host_driver()):
+        for note in template_rules.host_notes(ANSWERS, template_rules.host_gpus()):
             print(note, file=sys.stderr)
     for problem in problems:
         print(problem, file=sys.stderr)

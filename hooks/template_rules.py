@@ -65,24 +65,38 @@ def load_table(path: Path = TABLE_PATH) -> dict:
 
 
 def cuda_prompt(table: dict) -> str:
-    """The cuda_version question: each framework's built CUDA versions with their driver floor.
+    """The cuda_version question: each framework's CUDA builds, newest first, with the
+    driver they need and the GPU generations they have kernels for.
 
     cuda_version is a text question, not a menu, because its default depends on the
-    framework answered before it and on the host's driver (``default_cuda``), and
-    cookiecutter cannot render a menu's entries without breaking `cuda_version=...`
-    passed on the command line. Only builds with a shipped lock are listed; the table's
-    others are refused by name.
+    framework answered before it and on the host's driver and GPUs (``default_cuda``),
+    and cookiecutter cannot render a menu's entries without breaking `cuda_version=...`
+    passed on the command line.
     """
     offers = []
-    for name, spec in table["frameworks"].items():
-        builds = ", ".join(
-            f"{cuda} (driver >= {table['cuda'][cuda]['min_driver']})" for cuda in built_cuda(table, name)
-        )
-        offers.append(f"{spec['label']} {builds}")
+    for name, framework in table["frameworks"].items():
+        builds = []
+        for cuda in sorted(framework["cuda"], key=_version_tuple, reverse=True):
+            spec = build_spec(table, name, cuda)
+            where = ", from PyTorch's index" if spec["source"] == "index" else ""
+            builds.append(f"{cuda} (driver >= {min_driver(table, cuda)}, {spec['gpus']}{where})")
+        offers.append(f"{framework['label']}: {', '.join(builds)}")
     return (
-        f"CUDA build [{'; '.join(offers)}]. "
-        "Default: the newest build of your framework that this host's NVIDIA driver runs (read from nvidia-smi)"
+        f"CUDA build [{' | '.join(offers)}]. "
+        "Default: the newest build that this host's NVIDIA driver runs and that has kernels for its GPUs (read from nvidia-smi)"
     )
+
+
+def framework_label(table: dict, framework: str) -> str:
+    """ "PyTorch 2.14.1 (2.10.0 for CUDA 12.8)": the framework's versions across its builds."""
+    spec = table["frameworks"][framework]
+    main = framework_version(spec)
+    others = [
+        f"{framework_version(build_spec(table, framework, cuda))} for CUDA {cuda}"
+        for cuda in spec["cuda"]
+        if framework_version(build_spec(table, framework, cuda)) != main
+    ]
+    return f"{spec['label']} {main}" + (f" ({'; '.join(others)})" if others else "")
 
 
 def python_label(table: dict, python: str) -> str:
@@ -104,32 +118,58 @@ def next_minor(version: str) -> str:
     return f"{major}.{int(minor) + 1}"
 
 
+def build_spec(table: dict, framework: str, cuda: str) -> dict:
+    """One CUDA build of a framework: the build's own settings over the framework's
+    (packages, Python range, lock platforms), plus the build's CUDA version."""
+    settings = table["frameworks"][framework]
+    spec = {key: value for key, value in settings.items() if key != "cuda"}
+    spec["lock_platforms"] = table["lock_platforms"]
+    spec.update(settings["cuda"][cuda])
+    spec["cuda_version"] = cuda
+    return spec
+
+
+def cuda_major(table: dict, cuda: str) -> dict:
+    """The driver rule of a CUDA version's major release (compat.yaml: cuda_majors)."""
+    return table["cuda_majors"][cuda.split(".")[0]]
+
+
+def min_driver(table: dict, cuda: str) -> str:
+    """The oldest driver a build of this CUDA runs on (minor version compatibility)."""
+    return cuda_major(table, cuda)["min_driver"]
+
+
 def derive(answers: dict, table: dict | None = None) -> dict:
     """Values computed once from the answers; empty strings where an answer is invalid
     (the pre-generation hook then refuses it with a message, see ``validate``)."""
     table = table or load_table()
-    framework = table["frameworks"].get(answers.get("framework"), {})
-    cuda = table["cuda"].get(answers.get("cuda_version"), {})
+    framework_name, cuda_version = answers.get("framework"), answers.get("cuda_version")
+    framework = table["frameworks"].get(framework_name, {})
+    cuda = table["cuda"].get(cuda_version, {})
     python = table["python"].get(answers.get("python_version"), {})
-    build = framework.get("cuda", {}).get(answers.get("cuda_version"), {})
+    build = (
+        build_spec(table, framework_name, cuda_version) if cuda and cuda_version in framework.get("cuda", {}) else {}
+    )
     slug = str(answers.get("project_slug", ""))
     derived = {
         "dist_name": slug.replace("_", "-"),
         "image_name": f"{slug}:dev" if slug else "",
-        "min_driver": cuda.get("min_driver", ""),
+        "min_driver": min_driver(table, cuda_version) if cuda else "",
+        "toolkit_driver": cuda.get("toolkit_driver", ""),
+        "require_cuda": cuda_major(table, cuda_version)["require_cuda"] if cuda else "",
         "base_image": "",
         "requires_python": "",
         "lock_key": "",
         "wheel_index": build.get("index_url", ""),
         # The name the project's config gives that index.
-        "wheel_index_name": f"pytorch-cu{answers['cuda_version'].replace('.', '')}" if build.get("index_url") else "",
+        "wheel_index_name": f"pytorch-cu{cuda_version.replace('.', '')}" if build.get("index_url") else "",
     }
     if cuda and python:
         derived["base_image"] = f"nvidia/cuda:{cuda['image_version']}-{table['image_flavour']}-ubuntu{python['ubuntu']}"
-    if framework and python:
-        excludes = "".join(f",!={version}" for version in framework.get("python_excludes", []))
-        derived["requires_python"] = f">={answers['python_version']},<{next_minor(framework['python_max'])}{excludes}"
-    if framework and cuda and python and answers.get("dependency_manager") in MANAGER_FILES:
+    if build and python:
+        excludes = "".join(f",!={version}" for version in build.get("python_excludes", []))
+        derived["requires_python"] = f">={answers['python_version']},<{next_minor(build['python_max'])}{excludes}"
+    if build and python and answers.get("dependency_manager") in MANAGER_FILES:
         derived["lock_key"] = lock_key(
             answers["framework"],
             answers["cuda_version"],
@@ -142,17 +182,24 @@ def derive(answers: dict, table: dict | None = None) -> dict:
 def requirements(answers: dict, table: dict | None = None) -> list[str]:
     """The project's direct dependencies (PEP 508), the same for every manager."""
     table = table or load_table()
-    framework = table["frameworks"][answers["framework"]]
-    extras = framework.get("extras", {})
+    build = build_spec(table, answers["framework"], answers["cuda_version"])
+    extras = build.get("extras", {})
     pinned = [
         f"{name}[{extras[name]}]=={version}" if name in extras else f"{name}=={version}"
-        for name, version in framework["packages"].items()
+        for name, version in build["packages"].items()
     ]
-    return [*pinned, f"numpy{framework['numpy']}", *table["common_requirements"]]
+    return [*pinned, f"numpy{build['numpy']}", *table["common_requirements"]]
 
 
 def shipped_lock(key: str, manager: str) -> Path:
     return LOCKS_DIR / key / MANAGER_FILES[manager][1]
+
+
+def lock_is_shipped(answers: dict, table: dict | None = None) -> bool:
+    """Whether the template ships the lock of these answers (index builds may have none:
+    the project's first `make lock` writes it)."""
+    key = derive(answers, table)["lock_key"]
+    return bool(key) and shipped_lock(key, answers["dependency_manager"]).is_file()
 
 
 def built_cuda(table: dict, framework: str) -> list[str]:
@@ -164,6 +211,155 @@ def built_cuda(table: dict, framework: str) -> list[str]:
         for cuda in table["frameworks"].get(framework, {}).get("cuda", {})
         if any(key.startswith(f"{prefix}{cuda.replace('.', '')}-") for key in shipped)
     ]
+
+
+# ---------------------------------------------------------------------------------------
+# GPUs: which builds have kernels for which GPU
+# ---------------------------------------------------------------------------------------
+
+# An entry of torch.cuda.get_arch_list() (or TensorFlow's cuda_compute_capabilities):
+# sm_XY native code, compute_XY PTX; an `a` or `f` suffix marks code for exactly one GPU.
+ARCH_RE = re.compile(r"(sm|compute)_(\d+)([af]?)\Z")
+
+
+def _capability(text: str) -> tuple[int, int] | None:
+    parts = str(text).strip().split(".")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def arch_support(arch_list: list[str], capability: str) -> str | None:
+    """How a build compiled for arch_list runs on a GPU of this compute capability:
+    "native", "ptx" (the driver compiles the build's PTX on first use: slow, once per
+    kernel while its cache lasts), or None (no kernels: CUDA errors at the first op).
+
+    CUDA's own rule, the one torch.cuda applies: native code for X.y runs on X.z for
+    z >= y; PTX for a capability up to the GPU's is compiled by the driver; code for an
+    `a`/`f`-suffixed architecture runs only on that exact GPU. gpu_test.py carries the
+    same function (it runs without the template); a test holds both to the same cases.
+    """
+    gpu = _capability(capability)
+    if gpu is None:
+        return None
+    found = None
+    for arch in arch_list:
+        match = ARCH_RE.match(str(arch).strip())
+        if not match:
+            continue
+        kind, number, suffix = match.groups()
+        built = divmod(int(number), 10)
+        if suffix:
+            fits = built == gpu
+        elif kind == "sm":
+            fits = built[0] == gpu[0] and built[1] <= gpu[1]
+        else:
+            fits = built <= gpu
+        if fits and kind == "sm":
+            return "native"
+        if fits:
+            found = "ptx"
+    return found
+
+
+def gpu_generation(table: dict, capability: str) -> str:
+    """A GPU generation's name (Pascal, Hopper, ...) for a compute capability."""
+    names = table["gpu_generations"]
+    major = str(capability).split(".")[0]
+    return names.get(str(capability)) or names.get(major) or f"compute capability {capability}"
+
+
+@dataclass(frozen=True)
+class HostGPUs:
+    """What nvidia-smi says about this host: the driver, and each GPU's compute
+    capability (empty where the driver is too old to report it)."""
+
+    driver: str
+    capabilities: tuple[str, ...] = ()
+
+
+def build_on_host(table: dict, framework: str, cuda: str, host: HostGPUs) -> str | None:
+    """How a build runs on this host: "native", "ptx", "driver" (the driver is below
+    the build's floor) or "gpu" (no kernels for one of its GPUs)."""
+    have = _driver_tuple(host.driver)
+    if not have or have < _driver_tuple(min_driver(table, cuda)):
+        return "driver"
+    arch_list = table["frameworks"][framework]["cuda"][cuda].get("architectures", [])
+    levels = {arch_support(arch_list, capability) for capability in host.capabilities}
+    if None in levels:
+        return "gpu"
+    if "ptx" in levels:
+        # PTX JIT is what minor version compatibility leaves out: it needs the toolkit's driver.
+        return "ptx" if have >= _driver_tuple(table["cuda"][cuda]["toolkit_driver"]) else "gpu"
+    return "native"
+
+
+@dataclass(frozen=True)
+class GuideRow:
+    """One row of the README's table: drivers from..below, GPUs, the build to choose."""
+
+    drivers: str
+    gpus: str
+    choose: str
+    also: str
+
+
+def build_guide(table: dict, framework: str) -> list[GuideRow]:
+    """The project README's "your nvidia-smi shows ... -> choose ..." table, worked out
+    with ``default_cuda`` itself for one GPU of each generation (compat.yaml:
+    gpu_examples) at every driver threshold the framework's builds have. Thresholds and
+    generations with the same answer share a row."""
+    builds = table["frameworks"][framework]["cuda"]
+    thresholds = sorted(
+        {min_driver(table, cuda) for cuda in builds} | {table["cuda"][cuda]["toolkit_driver"] for cuda in builds},
+        key=_driver_tuple,
+    )
+    examples = list(table["gpu_examples"].items())
+
+    def answers_at(driver: str) -> list[tuple[str, str, str]]:
+        rows = []
+        for capability, _ in examples:
+            host = HostGPUs(driver, (capability,))
+            fits = {cuda: build_on_host(table, framework, cuda, host) for cuda in builds}
+            if not any(how in ("native", "ptx") for how in fits.values()):
+                rows.append((capability, "", ""))
+                continue
+            choice = default_cuda(framework, host, table)
+            others = sorted(
+                (cuda for cuda, how in fits.items() if cuda != choice and how == fits[choice]),
+                key=_version_tuple,
+                reverse=True,
+            )
+            note = " (PTX, compiled on first use)" if fits[choice] == "ptx" else ""
+            rows.append((capability, f"`{choice}`{note}", ", ".join(f"`{cuda}`" for cuda in others)))
+        return rows
+
+    bands: list[tuple[str, str | None, list]] = []
+    for index, driver in enumerate(thresholds):
+        answered = [(choose, also) for _, choose, also in answers_at(driver)]
+        if bands and bands[-1][2] == answered:
+            bands[-1] = (bands[-1][0], None, answered)
+        else:
+            bands.append((driver, None, answered))
+    guide = [GuideRow(f"below {thresholds[0]}", "any", "none: update the driver", "")]
+    for index, (driver, _, answered) in enumerate(bands):
+        upper = bands[index + 1][0] if index + 1 < len(bands) else None
+        drivers = f"{driver} to below {upper}" if upper else f"{driver} or newer"
+        start = 0
+        while start < len(examples):
+            end = start
+            while end + 1 < len(examples) and answered[end + 1] == answered[start]:
+                end += 1
+            first, last = examples[start][0], examples[end][0]
+            names = gpu_generation(table, first)
+            if last != first and gpu_generation(table, last) != names:
+                names += f" to {gpu_generation(table, last)}"
+            span = first if first == last else f"{first} to {last}"
+            gpus = f"{names}, {span}: " + "; ".join(example for _, example in examples[start : end + 1])
+            choose, also = answered[start]
+            guide.append(GuideRow(drivers, gpus, choose or "none of this framework's builds", also))
+            start = end + 1
+    return guide
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,6 +471,27 @@ def _check_choice(table: dict, field: str, section: dict, value: object) -> list
     return [Problem(field, value, "not a choice this template offers", f"answer one of: {', '.join(section)}")]
 
 
+def framework_builds(table: dict) -> str:
+    """Every framework/CUDA pair there is, for messages: "PyTorch 13.2, 13.0, ...; TensorFlow 12.5"."""
+    return "; ".join(
+        f"{spec['label']} {', '.join(sorted(spec['cuda'], key=_version_tuple, reverse=True))}"
+        for spec in table["frameworks"].values()
+    )
+
+
+def _check_cuda(table: dict, value: object) -> list[Problem]:
+    if value in table["cuda"]:
+        return []
+    return [
+        Problem(
+            "cuda_version",
+            value,
+            "no framework here has a build for it",
+            f"answer one of the builds there are: {framework_builds(table)}",
+        )
+    ]
+
+
 def _check_combination(table: dict, answers: dict) -> list[Problem]:
     framework_name = answers["framework"]
     framework = table["frameworks"][framework_name]
@@ -284,18 +501,21 @@ def _check_combination(table: dict, answers: dict) -> list[Problem]:
             Problem(
                 "cuda_version",
                 cuda,
-                f"{framework['label']} {framework_version(framework)} has no CUDA {cuda} build",
-                f"answer one of: {', '.join(framework['cuda'])}",
+                f"{framework['label']} has no CUDA {cuda} build",
+                f"answer one of the builds there are: {framework_builds(table)}",
             )
         ]
+    build = build_spec(table, framework_name, cuda)
+    label = f"{framework['label']} {framework_version(build)} (CUDA {cuda})"
+    low, high = _version_tuple(build["python_min"]), _version_tuple(build["python_max"])
     problems = []
-    if not _version_tuple(framework["python_min"]) <= _version_tuple(python) <= _version_tuple(framework["python_max"]):
+    if not low <= _version_tuple(python) <= high:
         problems.append(
             Problem(
                 "python_version",
                 python,
-                f"{framework['label']} {framework_version(framework)} supports Python {framework['python_min']} to {framework['python_max']}",
-                f"answer one of: {', '.join(p for p in table['python'] if _version_tuple(framework['python_min']) <= _version_tuple(p) <= _version_tuple(framework['python_max']))}",
+                f"{label} supports Python {build['python_min']} to {build['python_max']}",
+                f"answer one of: {', '.join(p for p in table['python'] if low <= _version_tuple(p) <= high)}",
             )
         )
     ubuntu = table["python"][python]["ubuntu"]
@@ -312,7 +532,9 @@ def _check_combination(table: dict, answers: dict) -> list[Problem]:
         return problems
     manager = answers["dependency_manager"]
     key = lock_key(framework_name, cuda, python, manager)
-    if not shipped_lock(key, manager).is_file():
+    # A build from PyTorch's index may come without a lock: the index is not reachable
+    # where the template is maintained, and the project's first `make lock` writes it.
+    if build["source"] != "index" and not shipped_lock(key, manager).is_file():
         offered = sorted(path.name for path in LOCKS_DIR.iterdir()) if LOCKS_DIR.is_dir() else []
         problems.append(
             Problem(
@@ -360,7 +582,7 @@ def validate(answers: dict, table: dict | None = None) -> list[Problem]:
     problems += _check_id("gid", answers.get("gid"))
     choices = [
         _check_choice(table, "framework", table["frameworks"], answers.get("framework")),
-        _check_choice(table, "cuda_version", table["cuda"], answers.get("cuda_version")),
+        _check_cuda(table, answers.get("cuda_version")),
         _check_choice(table, "python_version", table["python"], answers.get("python_version")),
         _check_choice(table, "dependency_manager", table["dependency_managers"], answers.get("dependency_manager")),
         _check_choice(table, "readme_language", README_LANGUAGES, answers.get("readme_language")),
@@ -395,18 +617,11 @@ def host_ids() -> tuple[int, int]:
 NVIDIA_SMI_TIMEOUT_S = 5
 
 
-def host_driver() -> str | None:
-    """The host's NVIDIA driver version from nvidia-smi (offline, local), or None.
-
-    None when nvidia-smi is missing, fails, hangs or prints no version: generating on a
-    laptop without a GPU, in CI or in a container is normal and keeps the static default.
-    """
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return None
+def _nvidia_smi(smi: str, fields: str) -> list[list[str]] | None:
+    """Rows of `nvidia-smi --query-gpu=<fields>`, one per GPU; None when it fails or hangs."""
     try:
         result = subprocess.run(
-            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+            [smi, f"--query-gpu={fields}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=NVIDIA_SMI_TIMEOUT_S,
@@ -414,41 +629,102 @@ def host_driver() -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    lines = result.stdout.strip().splitlines() if result.returncode == 0 else []
-    # One line per GPU; every GPU of a host shares the one driver.
-    return lines[0].strip() if lines and _driver_tuple(lines[0]) else None
+    if result.returncode != 0:
+        return None
+    return [[cell.strip() for cell in line.split(",")] for line in result.stdout.strip().splitlines() if line.strip()]
 
 
-def default_cuda(framework: str, driver: str | None, table: dict | None = None) -> str:
-    """The cuda_version default: the newest built CUDA of the framework that the driver runs.
+def host_gpus() -> HostGPUs | None:
+    """The host's NVIDIA driver and its GPUs' compute capabilities, from nvidia-smi
+    (offline, local), or None.
 
-    Without a driver (or when it runs none of them) the table's default for the
-    framework: the project may well be meant for another machine, and the pre-generation
-    hook says so when this host cannot run it (``host_notes``).
+    None when nvidia-smi is missing, fails, hangs or prints no version: generating on a
+    laptop without a GPU, in CI or in a container is normal and keeps the static default.
+    Drivers older than the `compute_cap` field (before R510) give the driver alone.
+    """
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    rows = _nvidia_smi(smi, "driver_version,compute_cap")
+    if rows and all(len(row) == 2 and _driver_tuple(row[0]) and _capability(row[1]) for row in rows):
+        # Every GPU of a host shares the one driver.
+        return HostGPUs(rows[0][0], tuple(row[1] for row in rows))
+    rows = _nvidia_smi(smi, "driver_version")
+    if rows and _driver_tuple(rows[0][0]):
+        return HostGPUs(rows[0][0])
+    return None
+
+
+def host_driver() -> str | None:
+    """The host's NVIDIA driver version (see ``host_gpus``), or None."""
+    host = host_gpus()
+    return host.driver if host else None
+
+
+def default_cuda(framework: str, host: HostGPUs | str | None, table: dict | None = None) -> str:
+    """The cuda_version default: the newest build of the framework that runs on the
+    host's driver and has kernels for every GPU present, preferring builds whose lock the
+    template ships (they install without PyTorch's index). Native code beats PTX.
+
+    Without a driver (or when no build fits) the table's default for the framework: the
+    project may well be meant for another machine, and the pre-generation hook says so
+    when this host cannot run it (``host_notes``).
     """
     table = table or load_table()
-    built = built_cuda(table, framework)
+    if isinstance(host, str):
+        host = HostGPUs(host)
+    builds = list(table["frameworks"].get(framework, {}).get("cuda", {}))
     static = table["defaults"]["cuda_version"].get(framework)
-    fallback = static if static in built else (built[0] if built else static or "")
-    have = _driver_tuple(driver) if driver else None
-    if not have:
+    fallback = static if static in builds else (builds[0] if builds else static or "")
+    if not host or not _driver_tuple(host.driver):
         return fallback
-    runnable = [cuda for cuda in built if _driver_tuple(table["cuda"][cuda]["min_driver"]) <= have]
-    return max(runnable, key=_version_tuple) if runnable else fallback
+    fits = {cuda: build_on_host(table, framework, cuda, host) for cuda in builds}
+    candidates = [cuda for cuda, how in fits.items() if how == "native"]
+    candidates = candidates or [cuda for cuda, how in fits.items() if how == "ptx"]
+    locked = set(built_cuda(table, framework))
+    candidates = [cuda for cuda in candidates if cuda in locked] or candidates
+    return max(candidates, key=_version_tuple) if candidates else fallback
 
 
-def host_notes(answers: dict, driver: str | None, table: dict | None = None) -> list[str]:
-    """Warnings (not refusals) about running the answers on this host."""
+def host_notes(answers: dict, host: HostGPUs | str | None, table: dict | None = None) -> list[str]:
+    """Warnings (not refusals) about running the answers on this host: the project may
+    be meant for another machine."""
     table = table or load_table()
-    cuda = table["cuda"].get(answers.get("cuda_version"))
-    have = _driver_tuple(driver) if driver else None
-    if not cuda or not have or _driver_tuple(cuda["min_driver"]) <= have:
+    if isinstance(host, str):
+        host = HostGPUs(host)
+    framework, cuda = answers.get("framework"), answers.get("cuda_version")
+    if not host or cuda not in table["frameworks"].get(framework, {}).get("cuda", {}):
         return []
-    note = (
-        f"NOTE: this host's NVIDIA driver {driver} is older than CUDA {answers['cuda_version']} needs "
-        f"({cuda['min_driver']}): the container will start here only without the GPU "
-        "(COMPOSE_FILE=compose.yaml). Update the driver, or ignore this if the project is for another machine."
+    how = build_on_host(table, framework, cuda, host)
+    if how == "native":
+        return []
+    spec = build_spec(table, framework, cuda)
+    label = f"the CUDA {cuda} build of {spec['label']} {framework_version(spec)}"
+    if how == "driver":
+        note = (
+            f"NOTE: this host's NVIDIA driver {host.driver} is older than {label} needs "
+            f"({min_driver(table, cuda)}): the container will start here only without the GPU "
+            "(COMPOSE_FILE=compose.yaml). Update the driver, or ignore this if the project is for another machine."
+        )
+        return [note]
+    gpus = ", ".join(f"{capability} ({gpu_generation(table, capability)})" for capability in host.capabilities)
+    better = default_cuda(framework, host, table)
+    instead = (
+        f" cuda_version={better} has them ({build_spec(table, framework, better)['gpus']})."
+        if better != cuda and build_on_host(table, framework, better, host) in ("native", "ptx")
+        else ""
     )
+    if how == "ptx":
+        note = (
+            f"NOTE: {label} has no native code for this host's GPU (compute capability {gpus}): the driver "
+            "compiles the build's PTX on first use of each kernel, which is slow the first time (cached "
+            f"afterwards).{instead}"
+        )
+    else:
+        note = (
+            f"NOTE: {label} has no kernels for this host's GPU (compute capability {gpus}): the GPU would fail "
+            f"at the first operation.{instead} Ignore this if the project is for another machine."
+        )
     return [note]
 
 
@@ -521,9 +797,25 @@ def install_jinja(environment) -> None:
     # Defaults for the uid/gid questions: the generating user's ids.
     environment.globals["host_uid"] = lambda: host_ids()[0]
     environment.globals["host_gid"] = lambda: host_ids()[1]
-    # Default for cuda_version: the newest build of the chosen framework the host's
-    # driver runs (nvidia-smi), else the table's default for that framework.
-    environment.globals["host_cuda"] = lambda framework: default_cuda(framework, host_driver())
+    # Default for cuda_version: the newest build of the chosen framework that the host's
+    # driver runs and that has kernels for its GPUs (nvidia-smi), else the table's default.
+    environment.globals["host_cuda"] = lambda framework: default_cuda(framework, host_gpus())
+    # One CUDA build's settings (packages, lock platforms, index), for the project's files.
+    environment.globals["build"] = lambda answers: build_spec(
+        load_table(), answers["framework"], answers["cuda_version"]
+    )
+    # Every CUDA build of the project's framework (driver floor, GPU code), for doctor.py.
+    environment.globals["framework_builds"] = lambda answers: {
+        cuda: {
+            "min_driver": min_driver(load_table(), cuda),
+            "architectures": spec.get("architectures", []),
+        }
+        for cuda, spec in load_table()["frameworks"][answers["framework"]]["cuda"].items()
+    }
+    # The README's "your nvidia-smi shows ... -> choose ..." rows for the project's framework.
+    environment.globals["build_guide"] = lambda answers: build_guide(load_table(), answers["framework"])
+    # Whether the template ships this project's lock (index builds: the first `make lock`).
+    environment.globals["lock_shipped"] = lambda answers: lock_is_shipped(dict(answers))
     # Where the hooks import this module from: absolute, because cookiecutter's
     # _repo_dir is relative to a working directory the hooks do not run in.
     environment.globals["template_rules_dir"] = str(Path(__file__).resolve().parent)

@@ -46,6 +46,8 @@ def build(table: dict) -> dict:
         "__image_name": "{{ cookiecutter | derived('image_name') }}",
         "__base_image": "{{ cookiecutter | derived('base_image') }}",
         "__min_driver": "{{ cookiecutter | derived('min_driver') }}",
+        "__toolkit_driver": "{{ cookiecutter | derived('toolkit_driver') }}",
+        "__require_cuda": "{{ cookiecutter | derived('require_cuda') }}",
         "__requires_python": "{{ cookiecutter | derived('requires_python') }}",
         "__lock_key": "{{ cookiecutter | derived('lock_key') }}",
         "__wheel_index": "{{ cookiecutter | derived('wheel_index') }}",
@@ -55,10 +57,7 @@ def build(table: dict) -> dict:
             "project_slug": "Slug (directory, Python package, compose project and image name)",
             "framework": {
                 "__prompt__": "Deep-learning framework",
-                **{
-                    name: f"{spec['label']} {template_rules.framework_version(spec)}"
-                    for name, spec in frameworks.items()
-                },
+                **{name: template_rules.framework_label(table, name) for name in frameworks},
             },
             "cuda_version": template_rules.cuda_prompt(table),
             "python_version": {

@@ -224,14 +224,15 @@ def test_pip_lock_hashes_every_pin(bake):
 def test_versions_come_from_the_table(default_project):
     pyproject = tomllib.loads((default_project / "pyproject.toml").read_text())
     pins = {dep.split("==")[0]: dep.split("==")[1] for dep in pyproject["project"]["dependencies"] if "==" in dep}
-    assert pins == TABLE["frameworks"]["pytorch"]["packages"]
+    assert pins == TABLE["frameworks"]["pytorch"]["packages"]  # the 13.0 build: the framework's own pins
     assert pyproject["project"]["requires-python"] == ">=3.12,<3.15,!=3.14.1"
     locked = {p["name"]: p["version"] for p in tomllib.loads((default_project / "uv.lock").read_text())["package"]}
     assert {name: locked[name] for name in pins} == pins
     cuda = TABLE["cuda"]["13.0"]
     dockerfile = (default_project / "Dockerfile").read_text()
     assert f"ARG BASE_IMAGE=nvidia/cuda:{cuda['image_version']}-base-ubuntu24.04\n" in dockerfile
-    assert f">= {cuda['min_driver']}" in (default_project / "README.md").read_text()
+    assert f">= {template_rules.min_driver(TABLE, '13.0')}" in (default_project / "README.md").read_text()
+    assert 'ENV NVIDIA_REQUIRE_CUDA="cuda>=13.0 ${NVIDIA_REQUIRE_CUDA}"' in dockerfile
 
 
 @pytest.mark.parametrize("key", [k for k in SUPPORTED if "-py3.12-" in k])
@@ -288,7 +289,17 @@ def test_a_host_driver_too_old_for_the_default_is_reported_not_refused(bake, tmp
     with_fake_driver(tmp_path, monkeypatch, "550.54.14")
     baked = bake()
     assert baked.exit_code == 0, baked.output
-    assert "NOTE: this host's NVIDIA driver 550.54.14 is older than CUDA 13.0 needs (580.65.06)" in baked.output
+    assert baked.project_path.name == "gpu_lab"
+    assert "cuda_version" not in baked.answers  # the default, read from the fake driver: 12.8
+    assert '"cuda_version": "12.8"' in (baked.project_path / ".cruft.json").read_text()
+    assert "NOTE:" not in baked.output
+    # An explicit answer this driver cannot run is reported, and generated all the same.
+    baked = bake(cuda_version="13.0")
+    assert baked.exit_code == 0, baked.output
+    assert (
+        "NOTE: this host's NVIDIA driver 550.54.14 is older than the CUDA 13.0 build of PyTorch 2.14.1 needs (580.65.06)"
+        in baked.output
+    )
     with_fake_driver(tmp_path, monkeypatch, "580.95.05")
     baked = bake()
     assert baked.exit_code == 0 and "NOTE:" not in baked.output, baked.output
@@ -388,17 +399,21 @@ def test_root_hands_the_project_to_the_configured_user(bake):
     assert owners == {(4321, 4322)}
 
 
-@pytest.mark.parametrize("manager", MANAGERS)
-def test_generation_works_offline_from_a_relative_path(tmp_path, manager):
+@pytest.mark.parametrize(
+    ("manager", "cuda"), [*((manager, None) for manager in MANAGERS), ("uv", "12.6"), ("pip", "13.2")]
+)
+def test_generation_works_offline_from_a_relative_path(tmp_path, manager, cuda):
     """Generation needs no network: run it in a network namespace with no interfaces,
     from the template's folder as `cookiecutter .` (hooks must not rely on the cwd)."""
     if run(["unshare", "-n", "true"]).returncode != 0:
         pytest.skip("cannot create a network namespace here (needs root)")
     cmd = ["unshare", "-n", sys.executable, "-m", "cookiecutter", "--no-input", ".", "-o", str(tmp_path)]
     cmd.append(f"dependency_manager={manager}")
+    if cuda:  # a build from PyTorch's index: generated without its lock, offline all the same
+        cmd.append(f"cuda_version={cuda}")
     env = {**os.environ, "HOME": str(tmp_path)}
     start = time.monotonic()
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=TEMPLATE, check=False)
-    BENCHMARKS.append(f"offline generation ({manager}): {time.monotonic() - start:.2f} s")
+    BENCHMARKS.append(f"offline generation ({manager}, CUDA {cuda or 'default'}): {time.monotonic() - start:.2f} s")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "gpu_lab" / template_rules.MANAGER_FILES[manager][1]).is_file()

@@ -93,20 +93,65 @@ def test_old_docker_engine(cpu_project, tmp_path):
     assert code == 1 and "Docker Engine 19.03.15 is older than 20.10" in out
 
 
+# nvidia-smi as a GPU host answers doctor's queries; a driver before R510 (CC empty) has
+# no compute_cap field and says so.
+FAKE_SMI = """#!/bin/sh
+case "$1" in
+  *compute_cap*)
+    if [ -z "${CC}" ]; then echo 'Field "compute_cap" is not a valid field to query.'; exit 2; fi
+    echo "${DRIVER}, ${NAME}, ${CC}" ;;
+  *) echo "${DRIVER}, ${NAME}" ;;
+esac
+"""
+NVIDIA_RUNTIMES = "io.containerd.runc.v2 nvidia runc"
+
+
+def gpu_doctor(project, tmp_path, driver: str, name: str, capability: str = ""):
+    path = fake_bin(tmp_path, docker=FAKE_DOCKER, **{"nvidia-smi": FAKE_SMI})
+    return doctor(project, path, FAKE_RUNTIMES=NVIDIA_RUNTIMES, DRIVER=driver, NAME=name, CC=capability)
+
+
 def test_old_driver_reported_by_nvidia_smi(bake, tmp_path):
     project = bake().project_path  # GPU requested (the default .env)
-    smi = '#!/bin/sh\necho "470.57.02, Tesla T4"\n'
-    runtimes = "io.containerd.runc.v2 nvidia runc"
-    code, out = doctor(project, fake_bin(tmp_path, docker=FAKE_DOCKER, **{"nvidia-smi": smi}), FAKE_RUNTIMES=runtimes)
-    minimum = template_rules.load_table()["cuda"]["13.0"]["min_driver"]
+    code, out = gpu_doctor(project, tmp_path, "470.57.02", "Tesla T4")
+    minimum = template_rules.min_driver(template_rules.load_table(), "13.0")
     assert code == 1
     assert f"FAIL  driver 470.57.02 (Tesla T4) is older than {minimum}, the minimum for CUDA 13.0" in out
     assert "ok    Docker has the NVIDIA runtime" in out
 
 
+def test_a_cuda_12_project_runs_on_a_535_driver_through_minor_version_compatibility(bake, tmp_path):
+    project = bake(cuda_version="12.8").project_path
+    code, out = gpu_doctor(project, tmp_path, "535.288.01", "Tesla V100-SXM2-32GB", "7.0")
+    assert code == 0, out
+    assert "ok    driver 535.288.01 (Tesla V100-SXM2-32GB) runs CUDA 12.8 through minor version compatibility" in out
+    assert "ok    GPU 0 (Tesla V100-SXM2-32GB, compute 7.0): native kernels in this CUDA 12.8 build" in out
+    assert "FAIL" not in out, out
+
+
+def test_a_gpu_the_build_has_no_kernels_for_names_the_build_that_has(bake, tmp_path):
+    project = bake().project_path  # CUDA 13.0: Turing and newer
+    code, out = gpu_doctor(project, tmp_path, "580.95.05", "NVIDIA GeForce GTX 1080 Ti", "6.1")
+    assert code == 1
+    assert "FAIL  GPU 0 (NVIDIA GeForce GTX 1080 Ti, compute 6.1) has no kernels in this CUDA 13.0 build" in out
+    assert "fix: generate the project with cuda_version=12.6" in out
+
+
+def test_ptx_only_needs_the_toolkits_driver(bake, tmp_path):
+    """TensorFlow 2.21 has PTX, not native code, for Hopper: a warning on a driver that
+    JIT-compiles it, a blocker on one that runs CUDA 12.5 only through minor version
+    compatibility (no PTX JIT there)."""
+    project = bake(framework="tensorflow").project_path
+    code, out = gpu_doctor(project, tmp_path, "580.95.05", "NVIDIA H100 80GB HBM3", "9.0")
+    assert "WARN  GPU 0 (NVIDIA H100 80GB HBM3, compute 9.0) has only PTX in this CUDA 12.5 build" in out
+    code, out = gpu_doctor(project, tmp_path, "550.163.01", "NVIDIA H100 80GB HBM3", "9.0")
+    assert code == 1
+    assert "PTX needs driver >= 555.42.02" in out and "fix: update the NVIDIA driver to >= 555.42.02" in out
+
+
 def test_gpu_requested_without_the_container_toolkit(bake, tmp_path):
     project = bake().project_path
-    smi = '#!/bin/sh\necho "590.10.01, NVIDIA H200"\n'
-    code, out = doctor(project, fake_bin(tmp_path, docker=FAKE_DOCKER, **{"nvidia-smi": smi}))
+    path = fake_bin(tmp_path, docker=FAKE_DOCKER, **{"nvidia-smi": FAKE_SMI})
+    code, out = doctor(project, path, DRIVER="590.10.01", NAME="NVIDIA H200", CC="9.0")
     assert code == 1 and "Docker has no NVIDIA runtime" in out and "COMPOSE_FILE=compose.yaml" in out
     assert "ok    driver 590.10.01 (NVIDIA H200) runs CUDA 13.0" in out

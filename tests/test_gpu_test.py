@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import TEMPLATE
+from conftest import TEMPLATE, template_rules
 from test_readme import readme_block
 
 spec = importlib.util.spec_from_file_location("gpu_test", TEMPLATE / "{{cookiecutter.project_slug}}" / "gpu_test.py")
@@ -60,17 +60,50 @@ def test_batched_timing_reports_the_work_per_step():
     assert WORK_SECONDS * 0.9 <= per_step < WORK_SECONDS * 2
 
 
-@pytest.mark.parametrize(
-    ("arch_list", "capability", "supported"),
-    [
-        (["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"], (6, 1), False),  # Pascal, CUDA 13
-        (["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"], (6, 0), True),  # P100, CUDA 12.6
-        (["sm_80", "sm_90", "compute_90"], (10, 0), True),  # newer GPU: PTX the driver compiles
-        (["sm_80", "sm_90"], (10, 0), False),
-    ],
-)
-def test_architecture_support(arch_list, capability, supported):
-    assert gpu_test.supported_by(arch_list, *capability) is supported
+CUDA13 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]  # torch cu130 / cu132
+CU128 = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.10 cu128
+CU126 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
+TF = ["sm_60", "sm_70", "sm_80", "sm_89", "compute_90"]  # TensorFlow 2.21
+# (arch list, GPU compute capability, expected): CUDA's rule, the one torch.cuda applies.
+ARCH_CASES = [
+    (CUDA13, "6.1", None),  # Pascal: no CUDA 13 build has it
+    (CU126, "6.1", "native"),  # GTX 1080: sm_60 code runs on 6.1
+    (CU126, "5.2", "native"),  # Maxwell
+    (CU126, "6.0", "native"),  # P100
+    (CU128, "7.0", "native"),  # V100
+    (CUDA13, "7.0", None),
+    (CUDA13, "8.9", "native"),  # L4, RTX 40: sm_86 code runs on 8.9
+    (CUDA13, "10.3", "native"),  # B300: sm_100 code runs on 10.3
+    (CUDA13, "12.1", "native"),  # GB10: sm_120 code runs on 12.1
+    (CU126, "10.0", None),  # Blackwell needs 12.8 or newer
+    (CU128, "12.0", "native"),
+    (CUDA13, "13.0", "ptx"),  # a newer GPU: the driver compiles compute_120
+    (CUDA13, "11.0", None),  # no sm_11x, and compute_120 is newer than the GPU
+    (TF, "7.5", "native"),  # T4: sm_70 code
+    (TF, "8.6", "native"),  # A10, RTX 30: sm_80 code
+    (TF, "9.0", "ptx"),  # H100: PTX only
+    (TF, "10.0", "ptx"),
+    (["sm_80", "sm_90a"], "9.0", "native"),  # `a` code runs on exactly its GPU
+    (["sm_80", "sm_90a"], "10.0", None),  # ... and nowhere else
+    (["sm_80", "compute_90a"], "10.0", None),
+    (["sm_100f"], "10.3", None),  # `f` code, taken as exact (conservative)
+    (["sm_100f"], "10.0", "native"),
+    (["sm_80", "sm_90"], "10.0", None),
+    (["sm_86"], "8.0", None),  # code for 8.6 does not run on 8.0
+    (["garbage", "sm_", "compute_x"], "8.0", None),
+    (CUDA13, "N/A", None),
+]
+
+
+@pytest.mark.parametrize(("arch_list", "capability", "expected"), ARCH_CASES)
+def test_kernels_for_follows_cudas_rule(arch_list, capability, expected):
+    assert gpu_test.kernels_for(arch_list, capability) == expected
+
+
+@pytest.mark.parametrize(("arch_list", "capability", "expected"), ARCH_CASES)
+def test_template_rules_apply_the_same_rule(arch_list, capability, expected):
+    """The default's choice and gpu_test.py's warning agree on every case."""
+    assert template_rules.arch_support(arch_list, capability) == expected
 
 
 def test_require_gpu_fails_without_a_gpu(monkeypatch, capsys):

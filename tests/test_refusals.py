@@ -4,6 +4,7 @@ on disk. Mirrors the table in hooks/template_rules.py (validate)."""
 from __future__ import annotations
 
 import pytest
+from conftest import template_rules
 
 # (answers, field the message must name)
 BAD_VALUES = [
@@ -56,12 +57,6 @@ NOT_A_CHOICE = [
     ({"readme_language": "fr"}, "readme_language"),
 ]
 
-# Offered, but not built yet in this version of the template (no lock shipped).
-NOT_BUILT_YET = [
-    {"cuda_version": "12.6"},
-    {"cuda_version": "13.2"},
-]
-
 
 def assert_refused(baked, field: str) -> None:
     assert baked.exit_code != 0, f"{baked.answers} was accepted"
@@ -81,24 +76,41 @@ def test_value_outside_the_choices_is_refused(bake, answers, field):
     assert_refused(bake(**answers), field)
 
 
-@pytest.mark.parametrize(("framework", "cuda"), [("tensorflow", "13.0"), ("tensorflow", "12.6"),
+ALL_BUILDS = "answer one of the builds there are: PyTorch 13.2, 13.0, 12.8, 12.6; TensorFlow 12.5"
+
+
+@pytest.mark.parametrize(("framework", "cuda"), [("tensorflow", "13.0"), ("tensorflow", "12.6"), ("tensorflow", "12.8"),
                                                  ("tensorflow", "13.2"), ("pytorch", "12.5")])  # fmt: skip
 def test_framework_with_a_cuda_it_has_no_build_for_is_refused(bake, framework, cuda):
     baked = bake(framework=framework, cuda_version=cuda)
     assert_refused(baked, "cuda_version")
-    label = {"tensorflow": "TensorFlow 2.21.0", "pytorch": "PyTorch 2.14.1"}[framework]
+    label = {"tensorflow": "TensorFlow", "pytorch": "PyTorch"}[framework]
     assert f"{label} has no CUDA {cuda} build" in baked.output
-    assert {"tensorflow": "answer one of: 12.5", "pytorch": "answer one of: 13.0, 12.6, 13.2"}[
-        framework
-    ] in baked.output
+    assert ALL_BUILDS in baked.output  # the pairs that do exist
 
 
-@pytest.mark.parametrize("answers", NOT_BUILT_YET, ids=repr)
-def test_combination_not_built_yet_is_refused(bake, answers):
-    baked = bake(**answers)
-    assert_refused(baked, "dependency_manager")
-    assert "not built yet" in baked.output
-    assert "pytorch-cu130-py3.12-uv" in baked.output  # says what is available
+def test_a_cuda_no_framework_has_is_refused_naming_the_pairs(bake):
+    baked = bake(cuda_version="11.8")
+    assert_refused(baked, "cuda_version")
+    assert ALL_BUILDS in baked.output
+
+
+def test_combination_not_built_yet_is_refused(tmp_path, monkeypatch):
+    """A PyPI build whose lock the template does not ship is refused, saying what is built;
+    a build from PyTorch's index is not: its project's first `make lock` writes the lock."""
+    locks = tmp_path / "locks"
+    (locks / "pytorch-cu128-py3.12-uv").mkdir(parents=True)
+    (locks / "pytorch-cu128-py3.12-uv" / "uv.lock").write_text("")
+    monkeypatch.setattr(template_rules, "LOCKS_DIR", locks)
+    answers = {
+        "project_name": "GPU Lab", "project_slug": "gpu_lab", "framework": "pytorch", "cuda_version": "13.0",
+        "python_version": "3.12", "jupyter_host_port": "18888", "jupyter_container_port": "8888",
+        "uid": "1000", "gid": "1000", "dependency_manager": "uv", "readme_language": "en",
+    }  # fmt: skip
+    [problem] = template_rules.validate(answers)
+    assert "dependency_manager" in problem.field and "not built yet" in problem.why
+    assert "pytorch-cu128-py3.12-uv" in problem.fix
+    assert template_rules.validate({**answers, "cuda_version": "12.6"}) == []
 
 
 def test_every_problem_is_reported_at_once(bake):

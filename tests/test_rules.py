@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -45,7 +44,9 @@ def test_derived_values_for_the_defaults():
     assert derived == {
         "dist_name": "gpu-lab",
         "image_name": "gpu_lab:dev",
-        "min_driver": cuda["min_driver"],
+        "min_driver": TABLE["cuda_majors"]["13"]["min_driver"],
+        "toolkit_driver": cuda["toolkit_driver"],
+        "require_cuda": "cuda>=13.0",
         "base_image": f"nvidia/cuda:{cuda['image_version']}-base-ubuntu24.04",
         "requires_python": ">=3.12,<3.15,!=3.14.1",
         "lock_key": "pytorch-cu130-py3.12-uv",
@@ -80,80 +81,16 @@ def test_cookiecutter_json_is_generated_from_the_table():
     assert result.returncode == 0, "run: python scripts/sync_cookiecutter_json.py"
 
 
-def test_cuda_prompt_lists_each_built_cuda_with_its_driver_floor():
-    prompt = json.loads((TEMPLATE / "cookiecutter.json").read_text())["__prompts__"]["cuda_version"]
-    for name in TABLE["frameworks"]:
-        for cuda in template_rules.built_cuda(TABLE, name):
-            assert f"{cuda} (driver >= {TABLE['cuda'][cuda]['min_driver']})" in prompt
-    assert "PyTorch 13.0 (driver >= " in prompt and "TensorFlow 12.5 (driver >= " in prompt
-
-
-def test_default_cuda_is_the_plain_pypi_build():
-    """The default installs wherever PyPI is reachable: no extra wheel index."""
-    for name, spec in TABLE["frameworks"].items():
-        default = TABLE["defaults"]["cuda_version"][name]
-        assert spec["cuda"][default] == {"source": "pypi"}
-        assert template_rules.default_cuda(name, None) == default
-
-
-@pytest.fixture
-def four_builds(tmp_path, monkeypatch):
-    """A table whose framework has CUDA 12.6, 13.0 and 13.2 (a lock shipped for each
-    unless removed) and whose static default is 13.0."""
-    table = {
-        "cuda": {
-            "12.6": {"min_driver": "560.28.03"},
-            "13.0": {"min_driver": "580.65.06"},
-            "13.2": {"min_driver": "595.45.04"},
-            "12.5": {"min_driver": "555.42.02"},
-        },
-        "frameworks": {"fw": {"cuda": {"12.6": {}, "13.0": {}, "13.2": {}}}},
-        "defaults": {"cuda_version": {"fw": "13.0"}},
-    }
-    locks = tmp_path / "locks"
-    for cuda in ("126", "130", "132"):
-        (locks / f"fw-cu{cuda}-py3.12-uv").mkdir(parents=True)
-    monkeypatch.setattr(template_rules, "LOCKS_DIR", locks)
-    return table, locks
-
-
-@pytest.mark.parametrize(
-    ("driver", "expected"),
-    [
-        ("600.10", "13.2"),  # newer than every floor: the newest build
-        ("595.45.04", "13.2"),  # exactly the floor counts
-        ("595.45.03", "13.0"),  # one patch short of 13.2's floor
-        ("580.95.05", "13.0"),
-        ("570.211.01", "12.6"),  # not 12.5: the framework has no such build
-        ("550.54.14", "13.0"),  # runs none of them: the static default (the project may be for another host)
-        ("N/A", "13.0"),
-        (None, "13.0"),
-    ],
-)
-def test_default_cuda_is_the_newest_build_the_driver_runs(four_builds, driver, expected):
-    table, _ = four_builds
-    assert template_rules.default_cuda("fw", driver, table) == expected
-
-
-def test_default_cuda_skips_builds_without_a_shipped_lock(four_builds):
-    table, locks = four_builds
-    (locks / "fw-cu132-py3.12-uv").rmdir()
-    assert template_rules.default_cuda("fw", "600.10", table) == "13.0"
-
-
-def test_host_notes_warn_only_when_this_host_cannot_run_the_choice():
-    answers = {**DEFAULT_ANSWERS, "cuda_version": "13.0"}
-    [note] = template_rules.host_notes(answers, "570.211.01")
-    assert "570.211.01 is older than CUDA 13.0 needs (580.65.06)" in note and "COMPOSE_FILE=compose.yaml" in note
-    assert template_rules.host_notes(answers, "580.65.06") == []
-    assert template_rules.host_notes(answers, None) == []
-
-
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
         # One line per GPU, the query nvidia-smi is asked.
-        ('[ "$1" = --query-gpu=driver_version ] && printf "580.95.05\\n580.95.05\\n"', "580.95.05"),
+        (
+            '[ "$1" = --query-gpu=driver_version,compute_cap ] && printf "580.95.05, 9.0\\n580.95.05, 9.0\\n"',
+            "580.95.05",
+        ),
+        # A driver before R510 has no compute_cap field: the driver alone.
+        ('[ "$1" = --query-gpu=driver_version ] && echo 470.256.02 || exit 2', "470.256.02"),
         ('echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."; exit 9', None),
         ('echo "No devices were found"', None),
     ],
@@ -191,8 +128,11 @@ def test_every_shipped_lock_is_an_offered_valid_combination():
         for marker in ("{%", "{#"):
             assert marker not in text
         if answers["dependency_manager"] == "uv":
-            # Resolved for the container's platforms only, never the host's.
-            normalised = {" and ".join(sorted(marker.split(" and "))) for marker in TABLE["lock_platforms"]}
+            # Resolved for the build's container platforms only, never the host's.
+            platforms = template_rules.build_spec(TABLE, answers["framework"], answers["cuda_version"])[
+                "lock_platforms"
+            ]
+            normalised = {" and ".join(sorted(marker.split(" and "))) for marker in platforms}
             assert set(tomllib.loads(text)["supported-markers"]) == normalised
         if answers["dependency_manager"] == "poetry":
             requires = template_rules.derive(answers)["requires_python"]
@@ -234,7 +174,9 @@ def test_rendered_files_name_only_versions_from_the_table(bake, key):
     answers = relock.parse_key(key)
     project = bake(**answers).project_path
     derived = template_rules.derive({**DEFAULT_ANSWERS, **answers})
-    allowed = {derived["base_image"], derived["min_driver"], *template_rules.requirements(answers)}
+    # The README's table names every build's driver floor.
+    floors = {spec["min_driver"] for spec in TABLE["cuda_majors"].values()}
+    allowed = {derived["base_image"], derived["toolkit_driver"], *floors, *template_rules.requirements(answers)}
     for path in project.rglob("*"):
         if path.is_file() and path.name not in ("uv.lock", "poetry.lock", "requirements.txt") and path.suffix != ".txt":
             for fact in VERSION_FACT.findall(path.read_text()):

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -124,12 +125,43 @@ def driver_version() -> str | None:
     return lines[0].strip() if result.returncode == 0 and lines else None
 
 
-def supported_by(arch_list: list[str], major: int, minor: int) -> bool:
-    """Native code for this compute capability, or PTX the driver can compile for it."""
-    capability = major * 10 + minor
-    return f"sm_{capability}" in arch_list or any(
-        arch.startswith("compute_") and int(arch[8:]) <= capability for arch in arch_list
-    )
+# An entry of torch.cuda.get_arch_list() or TensorFlow's cuda_compute_capabilities: sm_XY
+# native code, compute_XY PTX; an `a` or `f` suffix marks code for exactly one GPU.
+ARCH_RE = re.compile(r"(sm|compute)_(\d+)([af]?)\Z")
+
+
+def kernels_for(arch_list: list[str], capability: str) -> str | None:
+    """How a build compiled for arch_list runs on a GPU of this compute capability:
+    "native", "ptx" (the driver compiles the build's PTX on first use of each kernel:
+    slow once, then cached) or None (no kernels: the first GPU operation fails).
+
+    CUDA's rule, the one torch.cuda applies: native code for X.y runs on X.z for z >= y;
+    PTX for a capability up to the GPU's is compiled by the driver; code for an
+    `a`/`f`-suffixed architecture runs only on that exact GPU. (The template's
+    hooks/template_rules.py arch_support is the same function, tested on the same cases.)
+    """
+    parts = str(capability).strip().split(".")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        return None
+    gpu = (int(parts[0]), int(parts[1]))
+    found = None
+    for arch in arch_list:
+        match = ARCH_RE.match(str(arch).strip())
+        if not match:
+            continue
+        kind, number, suffix = match.groups()
+        built = divmod(int(number), 10)
+        if suffix:
+            fits = built == gpu
+        elif kind == "sm":
+            fits = built[0] == gpu[0] and built[1] <= gpu[1]
+        else:
+            fits = built <= gpu
+        if fits and kind == "sm":
+            return "native"
+        if fits:
+            found = "ptx"
+    return found
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,7 +211,7 @@ def torch_report(args: argparse.Namespace) -> dict:
                 "name": props.name,
                 "compute_capability": f"{props.major}.{props.minor}",
                 "memory_gib": round(props.total_memory / 2**30, 1),
-                "supported_by_build": supported_by(arch_list, props.major, props.minor),
+                "kernels": kernels_for(arch_list, f"{props.major}.{props.minor}"),
             }
         )
 
@@ -344,7 +376,7 @@ def tensorflow_report(args: argparse.Namespace) -> dict:
                 "name": details.get("device_name", gpu.name),
                 "compute_capability": f"{major}.{minor}",
                 "memory_gib": None,  # TensorFlow reports it only after allocating
-                "supported_by_build": supported_by(arch_list, major, minor),
+                "kernels": kernels_for(arch_list, f"{major}.{minor}"),
             }
         )
 
@@ -460,10 +492,15 @@ def print_table(report: dict) -> None:
     for gpu in report.get("gpus", []):
         memory = f", {gpu['memory_gib']} GiB" if gpu["memory_gib"] else ""
         row(f"[{gpu['index']}] {gpu['name']}", f"compute {gpu['compute_capability']}{memory}")
-        if not gpu["supported_by_build"]:
+        if gpu["kernels"] is None:
             print(
                 f"  WARNING: this {report['framework']} build has no kernels for compute {gpu['compute_capability']}; "
-                "choose a CUDA build that supports this GPU."
+                "choose a CUDA build that covers this GPU (README: Choosing the CUDA build)."
+            )
+        elif gpu["kernels"] == "ptx":
+            print(
+                f"  NOTE: this {report['framework']} build has only PTX for compute {gpu['compute_capability']}: the "
+                "driver compiles each kernel on its first use, so the first run is slow (minutes; cached afterwards)."
             )
     if report.get("framework") == "tensorflow" and report["gpu_available"]:
         print("  GPU memory growth is on: TensorFlow takes GPU memory as it needs it, not all at start.")

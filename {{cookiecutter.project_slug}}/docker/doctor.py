@@ -11,6 +11,7 @@ Standard library only, so it runs with any Python 3.8+ on Linux, macOS or WSL.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,15 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 # Facts of this project, written by the template from its compatibility table.
 CUDA_VERSION = "{{ cookiecutter.cuda_version }}"
+# The driver rule (README: Choosing the CUDA build): from MIN_DRIVER on, the build runs
+# through CUDA minor version compatibility; from TOOLKIT_DRIVER on, with every feature.
 MIN_DRIVER = "{{ cookiecutter.__min_driver }}"
+TOOLKIT_DRIVER = "{{ cookiecutter.__toolkit_driver }}"
+# Every CUDA build of this framework: its driver floor and the GPU code compiled into it,
+# to name the build that fits a GPU this one has no kernels for.
+BUILDS = json.loads(
+    r"""{{ framework_builds(cookiecutter) | tojson }}"""
+)
 FRAMEWORK = "{{ cookiecutter.framework }}"
 MIN_DOCKER = (20, 10)
 MIN_COMPOSE = (2, 20)
@@ -156,22 +165,78 @@ def check_gpu(doctor: Doctor, env: dict[str, str] | None, info: dict[str, str] |
             f"install the NVIDIA driver >= {MIN_DRIVER}; {no_gpu_fix}",
         )
         return
-    smi = run(["nvidia-smi", "--query-gpu=driver_version,name", "--format=csv,noheader"])
-    if smi is None or smi.returncode != 0 or not smi.stdout.strip():
+    rows = query_gpus()
+    if not rows:
         doctor.fail(
             "nvidia-smi fails: the driver is not loaded",
             f"reboot after installing the driver, or reinstall it; {no_gpu_fix}",
         )
         return
-    driver, _, name = smi.stdout.strip().splitlines()[0].partition(",")
+    driver = rows[0][0]
     if version_tuple(driver) < version_tuple(MIN_DRIVER):
         doctor.fail(
-            f"driver {driver.strip()} ({name.strip()}) is older than {MIN_DRIVER}, the minimum for CUDA {CUDA_VERSION}: "
+            f"driver {driver} ({rows[0][1]}) is older than {MIN_DRIVER}, the minimum for CUDA {CUDA_VERSION}: "
             "the container would not start (unsatisfied condition: cuda>=...)",
-            f"update the NVIDIA driver to >= {MIN_DRIVER}, or generate the project with an older CUDA build",
+            f"update the NVIDIA driver to >= {MIN_DRIVER}, or generate the project with a CUDA build "
+            "your driver runs (README: Choosing the CUDA build)",
+        )
+        return
+    if version_tuple(driver) < version_tuple(TOOLKIT_DRIVER):
+        doctor.ok(
+            f"driver {driver} ({rows[0][1]}) runs CUDA {CUDA_VERSION} through minor version compatibility "
+            f"(no PTX JIT, no features of drivers >= {TOOLKIT_DRIVER})"
         )
     else:
-        doctor.ok(f"driver {driver.strip()} ({name.strip()}) runs CUDA {CUDA_VERSION}")
+        doctor.ok(f"driver {driver} ({rows[0][1]}) runs CUDA {CUDA_VERSION}")
+    check_gpu_kernels(doctor, rows)
+
+
+def query_gpus() -> list[list[str]]:
+    """[driver, name, compute capability or ""] per GPU; drivers before R510 lack compute_cap."""
+    for fields in ("driver_version,name,compute_cap", "driver_version,name"):
+        smi = run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"])
+        if smi is not None and smi.returncode == 0 and smi.stdout.strip():
+            rows = [[cell.strip() for cell in line.split(",")] for line in smi.stdout.strip().splitlines()]
+            return [(row + [""])[:3] for row in rows]
+    return []
+
+
+def check_gpu_kernels(doctor: Doctor, rows: list[list[str]]) -> None:
+    """Whether this build has code for each GPU, by the rule gpu_test.py applies."""
+    sys.path.insert(0, str(PROJECT))
+    from gpu_test import kernels_for
+
+    for index, (driver, name, capability) in enumerate(rows):
+        if not capability:
+            continue
+        kernels = kernels_for(BUILDS[CUDA_VERSION]["architectures"], capability)
+        if kernels == "native":
+            doctor.ok(f"GPU {index} ({name}, compute {capability}): native kernels in this CUDA {CUDA_VERSION} build")
+            continue
+        fitting = [
+            cuda
+            for cuda, build in BUILDS.items()
+            if kernels_for(build["architectures"], capability) == "native"
+            and version_tuple(driver) >= version_tuple(build["min_driver"])
+        ]
+        other = f"generate the project with cuda_version={max(fitting, key=version_tuple)}" if fitting else ""
+        if kernels == "ptx" and version_tuple(driver) >= version_tuple(TOOLKIT_DRIVER):
+            doctor.warn(
+                f"GPU {index} ({name}, compute {capability}) has only PTX in this CUDA {CUDA_VERSION} build: "
+                "the driver compiles each kernel on first use (slow once, then cached)",
+                other or "expected for a GPU newer than the build; nothing to do",
+            )
+        elif kernels == "ptx":
+            doctor.fail(
+                f"GPU {index} ({name}, compute {capability}) has only PTX in this CUDA {CUDA_VERSION} build, "
+                f"and PTX needs driver >= {TOOLKIT_DRIVER} (no PTX JIT through minor version compatibility)",
+                other or f"update the NVIDIA driver to >= {TOOLKIT_DRIVER}",
+            )
+        else:
+            doctor.fail(
+                f"GPU {index} ({name}, compute {capability}) has no kernels in this CUDA {CUDA_VERSION} build",
+                other or "no build of this framework covers this GPU (README: Choosing the CUDA build)",
+            )
 
 
 def check_port(doctor: Doctor, env: dict[str, str] | None) -> None:
