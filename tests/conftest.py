@@ -7,11 +7,16 @@ because a skipped Docker tier proves nothing about `docker compose up`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +133,61 @@ def tool(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# A local wheel index (PEP 503), standing in for PyTorch's, which is not reachable here
+# ---------------------------------------------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class LocalIndex:
+    url: str
+    digests: dict[str, str]  # wheel file name -> sha256
+    server: http.server.ThreadingHTTPServer
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve_index(root: Path, wheels: list[Path]) -> LocalIndex:
+    """A PEP 503 simple index of these wheels on 127.0.0.1 (a free port), with each
+    wheel's METADATA beside it (PEP 658), so resolvers need not download a wheel to read
+    its dependencies."""
+    files = root / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    links: dict[str, list[str]] = {}
+    digests = {}
+    for wheel in wheels:
+        served = files / wheel.name
+        if not served.exists():
+            served.symlink_to(wheel.resolve())
+        digests[wheel.name] = sha256(served)
+        with zipfile.ZipFile(served) as archive:
+            [metadata] = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+            (files / f"{wheel.name}.metadata").write_bytes(archive.read(metadata))
+        project = wheel.name.split("-")[0].lower().replace("_", "-")
+        href = f"../../files/{wheel.name.replace('+', '%2B')}#sha256={digests[wheel.name]}"
+        core = f"sha256={sha256(files / f'{wheel.name}.metadata')}"
+        links.setdefault(project, []).append(f'<a href="{href}" data-core-metadata="{core}">{wheel.name}</a>')
+    for project, anchors in links.items():
+        page = root / "simple" / project
+        page.mkdir(parents=True, exist_ok=True)
+        (page / "index.html").write_text(f"<!DOCTYPE html><html><body>{''.join(anchors)}</body></html>\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return LocalIndex(f"http://127.0.0.1:{server.server_port}/simple", digests, server)
+
+
+# ---------------------------------------------------------------------------------------
 # Docker tier
 # ---------------------------------------------------------------------------------------
 
@@ -206,6 +266,8 @@ __all__ = [
     "fake_bin",
     "fake_nvidia_smi",
     "run",
+    "serve_index",
+    "sha256",
     "template_rules",
     "tool",
     "working_tree_files",

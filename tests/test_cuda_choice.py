@@ -4,6 +4,7 @@ that are generated without a lock. Every expected build is written out below."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import pytest
@@ -191,3 +192,65 @@ def test_index_builds_generate_offline_without_a_lock(bake, cuda, manager):
         f"Run `make lock` once on a machine that reaches it (it writes {lock}), then `make up`.",
     ]
     assert "docker" not in result.stdout  # stopped before Docker was asked anything
+
+
+@pytest.mark.parametrize("manager", ["uv", "pip", "poetry"])
+@pytest.mark.parametrize("how", ["index down", "offline"])
+def test_locking_without_the_index_fails_naming_it_and_changes_nothing(bake, tmp_path, manager, how):
+    """The project's own docker/lock, as `make lock` runs it, with PyTorch's index
+    unreachable: a closed port on 127.0.0.1 stands for the index, and `unshare -n` (no
+    network at all) for a machine offline. The placeholder stays as it was, byte for byte,
+    and nothing else is left behind."""
+    from test_bake import lock_tools_env
+
+    project = bake(cuda_version="12.6", dependency_manager=manager).project_path
+    input_name, lock_name, _ = template_rules.MANAGER_FILES[manager]
+    index = TABLE["frameworks"]["pytorch"]["cuda"]["12.6"]["index_url"]
+    if how == "index down":
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{probe.getsockname()[1]}/whl/cu126"
+        for name in (input_name, "docker/lock"):
+            path = project / name
+            path.write_text(path.read_text().replace(index, closed))
+        index = closed
+        prefix = []
+    else:
+        if subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode != 0:
+            pytest.skip("cannot create a network namespace here (needs root)")
+        prefix = ["unshare", "-n"]
+    before = {path: path.read_bytes() for path in project.rglob("*") if path.is_file()}
+    env = {**lock_tools_env(), "UV_HTTP_RETRIES": "0", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [*prefix, "sh", "docker/lock"], cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode != 0
+    assert f"It needs PyPI and PyTorch's index {index}:" in result.stderr, result.stderr
+    assert f"Locking failed; {lock_name} is unchanged." in result.stderr
+    after = {path: path.read_bytes() for path in project.rglob("*") if path.is_file()}
+    assert after == before
+
+
+def test_the_12_8_lock_refuses_an_aarch64_machine_instead_of_installing_a_cpu_torch(bake, tmp_path):
+    """PyPI's torch 2.10 for Linux aarch64 is CPU-only: the 12.8 lock is for x86_64, and
+    the image build (docker/lock --check-install) stops on another machine with a message
+    naming the way out. CUDA 13.0's lock covers aarch64 and goes on."""
+    from conftest import fake_bin
+
+    uname = fake_bin(tmp_path, uname="#!/bin/sh\necho aarch64\n")
+    env = {"PATH": f"{uname}:/usr/bin:/bin"}
+    cu128 = bake(cuda_version="12.8", dependency_manager="pip").project_path
+    result = subprocess.run(
+        ["sh", "docker/lock", "--check-install"], cwd=cu128, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert "requirements.txt is resolved for x86_64 only, and this machine is aarch64." in result.stderr
+    assert "on PyPI has no CUDA on aarch64 (its wheel there is CPU-only)" in result.stderr
+    assert "uv.lock" not in result.stderr
+    pyproject = (bake(cuda_version="12.8").project_path / "pyproject.toml").read_text()
+    assert "platform_machine == 'aarch64'" not in pyproject  # uv resolves for x86_64 only
+    cu130 = bake(dependency_manager="pip").project_path
+    result = subprocess.run(
+        ["sh", "docker/lock", "--check-install"], cwd=cu130, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -83,15 +83,19 @@ def wait_for_jupyter(project: RunningProject, timeout: float = 180) -> float:
 
 
 # The default project (ids: the generating user's, 1000 where that is root), a
-# non-default uid/gid, and each other dependency manager.
+# non-default uid/gid, each other dependency manager, and the CUDA 12.8 build (torch
+# 2.10, for drivers before R580 and for Volta) with two of them.
 VARIANTS = [
     pytest.param({"project_name": "Docker Default", "jupyter_host_port": 28881}, id="default"),
     pytest.param(
-        {"project_name": "Docker Ids", "jupyter_host_port": 28882, "uid": 4321, "gid": 4321},
-        id="uid-4321",
+        {"project_name": "Docker Ids", "jupyter_host_port": 28882, "uid": 4321, "gid": 4321, "cuda_version": "12.8"},
+        id="uid-4321-cu128",
         marks=pytest.mark.skipif(not IS_ROOT, reason="handing a project to uid 4321 needs root (CI runs as root)"),
     ),
-    pytest.param({"project_name": "Docker Pip", "jupyter_host_port": 28883, "dependency_manager": "pip"}, id="pip"),
+    pytest.param(
+        {"project_name": "Docker Pip", "jupyter_host_port": 28883, "dependency_manager": "pip", "cuda_version": "12.8"},
+        id="pip-cu128",
+    ),
     pytest.param(
         {"project_name": "Docker Poetry", "jupyter_host_port": 28884, "dependency_manager": "poetry"}, id="poetry"
     ),
@@ -203,9 +207,10 @@ def test_container_runs_as_the_configured_user(project):
 def test_gpu_test_reports_the_cpu_and_no_gpu(project):
     result = project.exec("python", "gpu_test.py", "--quick", "--json")
     report = json.loads(result.stdout)
-    framework = template_rules.load_table()["frameworks"][project.framework]
+    table = template_rules.load_table()
+    build = template_rules.build_spec(table, project.framework, project.cuda)
     assert report["framework"] == project.framework
-    assert report["framework_version"].split("+")[0] == template_rules.framework_version(framework)
+    assert report["framework_version"].split("+")[0] == template_rules.framework_version(build)
     assert report["cuda_build"].startswith(project.cuda)  # the build's CUDA, not the image's
     assert report["gpu_available"] is False and report["gpus"] == [] and report["no_gpu_reason"]
     assert list(report) == list(gpu_test.REPORT_FIELDS)  # every field, null where not measured
@@ -215,6 +220,33 @@ def test_gpu_test_reports_the_cpu_and_no_gpu(project):
     table = project.exec("python", "gpu_test.py", "--quick").stdout
     assert "No GPU is usable" in table and "GFLOP/s" in table
     assert project.exec("python", "gpu_test.py", "--quick", "--require-gpu", check=False).returncode == 1
+
+
+def test_the_tables_gpu_code_is_what_the_wheel_holds(project):
+    """compat.yaml's architectures for the build, which the default, the notes, doctor and
+    the README reason with, are the ones compiled into the installed wheel."""
+    probe = {
+        "pytorch": "import json, torch; print(json.dumps(torch._C._cuda_getArchFlags()))",
+        "tensorflow": "import json, tensorflow as tf; "
+        "print(json.dumps(tf.sysconfig.get_build_info().get('cuda_compute_capabilities')))",
+    }[project.framework]
+    flags = json.loads(project.exec("python", "-c", probe).stdout.strip().splitlines()[-1])
+    built = flags.split() if isinstance(flags, str) else flags
+    table = template_rules.load_table()
+    expected = table["frameworks"][project.framework]["cuda"][project.cuda]["architectures"]
+    BENCHMARKS.append(f"{project.name}: GPU code in the wheel: {' '.join(built)}")
+    assert sorted(built) == sorted(expected)
+
+
+def test_the_image_starts_on_every_driver_of_its_cuda_major(project, docker_env):
+    """NVIDIA_REQUIRE_CUDA, which the NVIDIA Container Toolkit checks against the driver,
+    leads with the CUDA major's floor (minor version compatibility), ORed (a space) with
+    the base image's own requirement."""
+    image = f"{project.slug}:dev"
+    inspect = run([docker_env.cli, "image", "inspect", image, "--format", "{{json .Config.Env}}"])
+    env = dict(entry.split("=", 1) for entry in json.loads(inspect.stdout))
+    table = template_rules.load_table()
+    assert env["NVIDIA_REQUIRE_CUDA"].split(" ")[0] == template_rules.cuda_major(table, project.cuda)["require_cuda"]
 
 
 def test_doctor_inside_the_container(project):

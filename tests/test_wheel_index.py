@@ -11,18 +11,14 @@ packages come from PyPI, so the test needs the network.
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
-import http.server
 import json
 import sys
-import threading
 import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, template_rules
+from conftest import TEMPLATE, serve_index, template_rules
 
 sys.path.insert(0, str(TEMPLATE / "scripts"))
 
@@ -49,36 +45,15 @@ def decoy_wheel(directory: Path) -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def local_index(tmp_path_factory):
     if not LOCAL_WHEELS:
         pytest.skip("no local torch wheel in /opt/wheels to serve")
     root = tmp_path_factory.mktemp("index")
-    files = root / "files"
-    files.mkdir()
-    torch_wheel = files / LOCAL_WHEELS[0].name
-    torch_wheel.symlink_to(LOCAL_WHEELS[0])
-    digests = {}
-    for project, wheel in (("torch", torch_wheel), ("filelock", decoy_wheel(files))):
-        page = root / "simple" / project
-        page.mkdir(parents=True)
-        digests[project] = sha256(wheel)
-        link = f'<a href="../../files/{wheel.name.replace("+", "%2B")}#sha256={digests[project]}">{wheel.name}</a>'
-        (page / "index.html").write_text(f"<!DOCTYPE html><html><body>{link}</body></html>\n")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    handler.log_message = lambda *args: None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield {"url": f"http://127.0.0.1:{server.server_port}/simple", "torch_sha256": digests["torch"]}
-    server.shutdown()
+    decoy = decoy_wheel(tmp_path_factory.mktemp("decoy"))
+    index = serve_index(root, [LOCAL_WHEELS[0], decoy])
+    yield {"url": index.url, "torch_sha256": index.digests[LOCAL_WHEELS[0].name]}
+    index.close()
 
 
 @pytest.fixture
