@@ -8,6 +8,7 @@ and PyYAML, which cookiecutter itself depends on, so it runs wherever cookiecutt
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
 import os
 import re
@@ -22,6 +23,8 @@ import yaml
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 TABLE_PATH = REPO_DIR / "compat.yaml"
+# The project template: the tree a generated project is rendered from.
+PROJECT_TEMPLATE = REPO_DIR / "{{cookiecutter.project_slug}}"
 # Pre-resolved locks, one folder per combination; included into the project by Jinja.
 LOCKS_DIR = REPO_DIR / "templates" / "locks"
 
@@ -217,10 +220,6 @@ def built_cuda(table: dict, framework: str) -> list[str]:
 # GPUs: which builds have kernels for which GPU
 # ---------------------------------------------------------------------------------------
 
-# An entry of torch.cuda.get_arch_list() (or TensorFlow's cuda_compute_capabilities):
-# sm_XY native code, compute_XY PTX; an `a` or `f` suffix marks code for exactly one GPU.
-ARCH_RE = re.compile(r"(sm|compute)_(\d+)([af]?)\Z")
-
 
 def _capability(text: str) -> tuple[int, int] | None:
     parts = str(text).strip().split(".")
@@ -229,37 +228,22 @@ def _capability(text: str) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-def arch_support(arch_list: list[str], capability: str) -> str | None:
-    """How a build compiled for arch_list runs on a GPU of this compute capability:
-    "native", "ptx" (the driver compiles the build's PTX on first use: slow, once per
-    kernel while its cache lasts), or None (no kernels: CUDA errors at the first op).
+@cache
+def _project_gpu_test():
+    """The project's gpu_test.py (plain Python, no Jinja, standard library at import),
+    whose kernels_for is CUDA's GPU-code rule: one implementation for the template's
+    default and notes, and for the project's self-test and doctor."""
+    spec = importlib.util.spec_from_file_location("_template_gpu_test", PROJECT_TEMPLATE / "gpu_test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    CUDA's own rule, the one torch.cuda applies: native code for X.y runs on X.z for
-    z >= y; PTX for a capability up to the GPU's is compiled by the driver; code for an
-    `a`/`f`-suffixed architecture runs only on that exact GPU. gpu_test.py carries the
-    same function (it runs without the template); a test holds both to the same cases.
-    """
-    gpu = _capability(capability)
-    if gpu is None:
-        return None
-    found = None
-    for arch in arch_list:
-        match = ARCH_RE.match(str(arch).strip())
-        if not match:
-            continue
-        kind, number, suffix = match.groups()
-        built = divmod(int(number), 10)
-        if suffix:
-            fits = built == gpu
-        elif kind == "sm":
-            fits = built[0] == gpu[0] and built[1] <= gpu[1]
-        else:
-            fits = built <= gpu
-        if fits and kind == "sm":
-            return "native"
-        if fits:
-            found = "ptx"
-    return found
+
+def arch_support(arch_list: list[str], capability: str) -> str | None:
+    """How a build compiled for arch_list (torch.cuda.get_arch_list() names) runs on a GPU
+    of this compute capability: "native", "ptx" (the driver compiles the build's PTX on
+    first use: slow once, then cached) or None (no kernels). See gpu_test.kernels_for."""
+    return _project_gpu_test().kernels_for(arch_list, capability)
 
 
 def gpu_generation(table: dict, capability: str) -> str:

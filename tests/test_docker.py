@@ -116,19 +116,16 @@ VARIANTS = [
 INSTALLED_MATCHES = (Path(__file__).parent / "docker" / "installed_matches.py").read_text()
 
 
-@pytest.fixture(scope="module", params=VARIANTS)
-def project(request, docker_env, tmp_path_factory) -> RunningProject:
-    answers = request.param
-    out = tmp_path_factory.mktemp("docker")
-    extra = {key: str(value) for key, value in answers.items()}
-    path = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=extra, output_dir=str(out)))
+def project_on_engine(path: Path, answers: dict, docker_env, compose_file: str = "compose.yaml") -> RunningProject:
+    """A generated project, set to build here: the stand-in base image, the CA bundle,
+    and no GPU file (this machine has no GPU), with the ids, port and token of its .env."""
     lines = (path / ".env").read_text().splitlines()
     env_file = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
     env = {key: value for key, value in os.environ.items() if not key.startswith(("COMPOSE_", "DOCKER_HOST"))}
-    env.update(COMPOSE_FILE="compose.yaml", BASE_IMAGE=docker_env.base_image, DOCKER_BUILDKIT="1")
+    env.update(COMPOSE_FILE=compose_file, BASE_IMAGE=docker_env.base_image, DOCKER_BUILDKIT="1")
     if docker_env.ca_bundle:
         env["CA_BUNDLE"] = docker_env.ca_bundle
-    running = RunningProject(
+    return RunningProject(
         path=path,
         env=env,
         docker=docker_env.cli,
@@ -143,11 +140,20 @@ def project(request, docker_env, tmp_path_factory) -> RunningProject:
         framework=answers.get("framework", "pytorch"),
         cuda=answers.get("cuda_version", "13.0"),
     )
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def project(request, docker_env, tmp_path_factory) -> RunningProject:
+    answers = request.param
+    out = tmp_path_factory.mktemp("docker")
+    extra = {key: str(value) for key, value in answers.items()}
+    path = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=extra, output_dir=str(out)))
+    running = project_on_engine(path, answers, docker_env)
     try:
         start = time.monotonic()
         running.compose("--progress", "plain", "build")
         build_seconds = time.monotonic() - start
-        inspect = run([docker_env.cli, "image", "inspect", env_file["IMAGE_NAME"], "--format", "{{.Size}}"])
+        inspect = run([docker_env.cli, "image", "inspect", f"{running.slug}:dev", "--format", "{{.Size}}"])
         start = time.monotonic()
         running.compose("up", "-d")
         ready = (time.monotonic() - start) + wait_for_jupyter(running)

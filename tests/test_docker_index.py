@@ -26,7 +26,7 @@ import pytest
 import yaml
 from conftest import BENCHMARKS, TEMPLATE, run, serve_index, template_rules
 from cookiecutter.main import cookiecutter
-from test_docker import RunningProject, remove_images_and_layers, wait_for_jupyter
+from test_docker import RunningProject, project_on_engine, remove_images_and_layers, wait_for_jupyter
 
 pytestmark = [pytest.mark.docker, pytest.mark.network]
 
@@ -85,32 +85,8 @@ def index_project(docker_env, tmp_path_factory):
             }
         )
     )
-    lines = (path / ".env").read_text().splitlines()
-    env_file = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("COMPOSE_", "DOCKER_HOST"))}
-    env.update(
-        COMPOSE_FILE="compose.yaml:compose.localindex.yaml",
-        BASE_IMAGE=docker_env.base_image,
-        DOCKER_BUILDKIT="1",
-        UV_HTTP_TIMEOUT="300",
-    )
-    if docker_env.ca_bundle:
-        env["CA_BUNDLE"] = docker_env.ca_bundle
-    project = RunningProject(
-        path=path,
-        env=env,
-        docker=docker_env.cli,
-        uid=int(env_file["USER_UID"]),
-        gid=int(env_file["USER_GID"]),
-        host_port=int(env_file["JUPYTER_HOST_PORT"]),
-        container_port=int(env_file["JUPYTER_CONTAINER_PORT"]),
-        token=env_file["JUPYTER_TOKEN"],
-        slug=path.name,
-        name=answers["project_name"],
-        manager="uv",
-        framework="pytorch",
-        cuda=CUDA,
-    )
+    project = project_on_engine(path, answers, docker_env, "compose.yaml:compose.localindex.yaml")
+    project.env["UV_HTTP_TIMEOUT"] = "300"
     try:
         yield project, index, build
     finally:

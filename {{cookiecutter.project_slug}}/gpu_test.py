@@ -137,8 +137,8 @@ def kernels_for(arch_list: list[str], capability: str) -> str | None:
 
     CUDA's rule, the one torch.cuda applies: native code for X.y runs on X.z for z >= y;
     PTX for a capability up to the GPU's is compiled by the driver; code for an
-    `a`/`f`-suffixed architecture runs only on that exact GPU. (The template's
-    hooks/template_rules.py arch_support is the same function, tested on the same cases.)
+    `a`/`f`-suffixed architecture runs only on that exact GPU. (The template's default
+    build and its notes, and docker/doctor.py, apply this same function.)
     """
     parts = str(capability).strip().split(".")
     if len(parts) != 2 or not all(part.isdigit() for part in parts):
