@@ -4,9 +4,9 @@ running it again over the same project changes nothing the user made.
 Reads as a decision table: main() calls one small named helper per decision.
 """
 
+import importlib.util
 import json
 import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -70,20 +70,30 @@ def create_user_dirs() -> None:
             ignore.write_text("# Contents stay on this machine: not for git.\n*\n!.gitignore\n", encoding="utf-8")
 
 
+def load_project_script(name: str):
+    """One of the project's own docker/*.py scripts, as a module: generation makes the
+    choices a fresh clone's `make up` makes, with the same code."""
+    path = PROJECT / "docker" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_project_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_env_file() -> bool:
-    """.env = .env.example with a fresh Jupyter token. Kept if it exists (its token is
-    the user's), private to the user (mode 600). Returns True when written."""
-    env = PROJECT / ".env"
-    if env.exists():
-        return False
-    token = secrets.token_urlsafe(32)
-    lines = []
-    for line in (PROJECT / ".env.example").read_text(encoding="utf-8").splitlines():
-        lines.append(f"JUPYTER_TOKEN={token}" if line == "JUPYTER_TOKEN=" else line)
-    fd = os.open(env, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    return True
+    """.env from .env.example, as docker/setup_env.py writes it for a fresh clone (a new
+    token; the GPU compose file only where Docker has the NVIDIA runtime; this clone's
+    compose project and image names), with the ids and port answered. Kept if it exists
+    (its token is the user's): only keys it lacks are added. Returns True when written."""
+    setup = load_project_script("setup_env")
+    answered = {
+        "USER_UID": str(ANSWERS["uid"]),
+        "USER_GID": str(ANSWERS["gid"]),
+        "JUPYTER_HOST_PORT": str(ANSWERS["jupyter_host_port"]),
+    }
+    outcome = setup.ensure_env(answered)
+    setup.write_gpu_file(setup.read_env())
+    return outcome == "created"
 
 
 def hand_over_to_configured_user(uid: int, gid: int) -> None:
@@ -126,7 +136,7 @@ Next steps:
   make doctor       # checks Docker, the NVIDIA driver and toolkit, the port, the folders
 {first_lock_note(lock_shipped)}  make up           # docker compose up --build -d (GPU host: NVIDIA Container Toolkit)
   make gpu-test     # which GPU and CUDA the framework uses, and the speedup
-No GPU on this machine: set COMPOSE_FILE=compose.yaml in .env (or prefix the commands).
+GPU or CPU: .env's COMPOSE_FILE (chosen from `docker info`: the NVIDIA runtime or not).
 
 Jupyter: http://127.0.0.1:{host_port}/lab?token=<JUPYTER_TOKEN from .env>  (make jupyter prints it)
 The NVIDIA driver on the host must be >= {ANSWERS["__min_driver"]} for CUDA {ANSWERS["cuda_version"]} (nvidia-smi shows it; README: Choosing the CUDA build).

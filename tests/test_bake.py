@@ -16,7 +16,7 @@ from pathlib import Path
 import json5
 import pytest
 import yaml
-from conftest import BENCHMARKS, TEMPLATE, fake_nvidia_smi, run, template_rules, tool
+from conftest import BENCHMARKS, TEMPLATE, fake_bin, fake_nvidia_smi, run, template_rules, tool
 from cookiecutter.main import cookiecutter
 
 TABLE = template_rules.load_table()
@@ -38,8 +38,10 @@ COMMON_FILES = {
     "compose.gpu.yaml",
     "compose.yaml",
     "data/.gitignore",
+    "docker/compose-up",
     "docker/jupyter_server_config.py",
     "docker/doctor.py",
+    "docker/setup_env.py",
     "docker/kernel.json",
     "docker/lock",
     "docker/no-extra-ca.pem",
@@ -173,8 +175,25 @@ def test_env_carries_the_answers(bake):
     values = env_values(baked.project_path / ".env")
     assert values["USER_UID"] == "4321" and values["USER_GID"] == "4322"
     assert values["JUPYTER_HOST_PORT"] == "28888" and values["JUPYTER_CONTAINER_PORT"] == "9999"
-    assert values["IMAGE_NAME"] == "vision_lab:dev"
-    assert values["COMPOSE_FILE"] == "compose.yaml:compose.gpu.yaml"
+    # This clone's names: the project, the user (uid 4321 has no account here) and a hash
+    # of the folder, so clones of one project on one server never share containers or images.
+    assert re.fullmatch(r"vision_lab-u4321-[0-9a-f]{6}", values["COMPOSE_PROJECT_NAME"])
+    assert values["IMAGE_NAME"] == f"{values['COMPOSE_PROJECT_NAME']}:dev"
+    assert values["GPU_DEVICES"] == "all"
+
+
+@pytest.mark.parametrize(("runtimes", "compose_file"), [("io.containerd.runc.v2 nvidia runc", "compose.yaml:compose.gpu.yaml"),
+                                                        ("io.containerd.runc.v2 runc", "compose.yaml")])  # fmt: skip
+def test_env_takes_the_gpu_file_only_where_docker_has_the_nvidia_runtime(
+    bake, tmp_path, monkeypatch, runtimes, compose_file
+):
+    docker = f"#!/bin/sh\n[ \"$1\" = info ] && printf ' Runtimes: {runtimes}\\n'\n"
+    monkeypatch.setenv("PATH", f"{fake_bin(tmp_path, docker=docker)}{os.pathsep}{os.environ['PATH']}")
+    baked = bake()
+    assert baked.exit_code == 0, baked.output
+    assert env_values(baked.project_path / ".env")["COMPOSE_FILE"] == compose_file
+    no_runtime = "Docker has no NVIDIA runtime: the project runs on the CPU (COMPOSE_FILE=compose.yaml)"
+    assert (no_runtime in baked.output) == (compose_file == "compose.yaml")
 
 
 def test_compose_publishes_jupyter_on_loopback_and_gpu_file_reserves_the_gpu(bake):
@@ -187,7 +206,7 @@ def test_compose_publishes_jupyter_on_loopback_and_gpu_file_reserves_the_gpu(bak
     assert cpu["shm_size"] == str(8 * 2**30)
     assert cpu["volumes"][0]["type"] == "bind" and cpu["volumes"][0]["target"] == "/workspace"
     assert cpu["security_opt"] == ["no-new-privileges:true"]
-    gpu = compose_config(project)["services"]["lab"]  # COMPOSE_FILE from .env: both files
+    gpu = compose_config(project, "compose.yaml:compose.gpu.yaml")["services"]["lab"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"] == [
         {"capabilities": ["gpu"], "driver": "nvidia", "count": -1}
     ]
@@ -242,7 +261,7 @@ def test_generated_files_pass_the_linters(bake, key):
     project = bake(**answers_for(key)).project_path
     checks = [
         [tool("hadolint"), "Dockerfile"],  # .hadolint.yaml: fail on warnings too
-        [tool("shellcheck"), "docker/with-build-ca", "docker/lock", ".devcontainer/select-gpu"],
+        [tool("shellcheck"), "docker/with-build-ca", "docker/lock", "docker/compose-up", ".devcontainer/select-gpu"],
         [tool("ruff"), "check", "."],
         [tool("ruff"), "format", "--check", "."],
         [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml"],
@@ -253,7 +272,7 @@ def test_generated_files_pass_the_linters(bake, key):
         result = run(cmd, cwd=project)
         assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}{result.stderr}"
     assert "deploy" not in compose_config(project, "compose.yaml")["services"]["lab"]
-    assert "deploy" in compose_config(project)["services"]["lab"]
+    assert "deploy" in compose_config(project, "compose.yaml:compose.gpu.yaml")["services"]["lab"]
 
 
 def test_tensorflow_project_grows_gpu_memory_and_installs_the_cuda_extra(bake):

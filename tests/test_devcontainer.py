@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import json5
 import pytest
@@ -33,8 +34,14 @@ def devcontainer_compose(project) -> dict:
     return compose_config(project, os.pathsep.join(files))["services"][config["service"]]
 
 
+def set_compose_file(project, value: str) -> None:
+    env = project / ".env"
+    env.write_text(re.sub(r"(?m)^COMPOSE_FILE=.*$", f"COMPOSE_FILE={value}", env.read_text()))
+
+
 def test_gpu_when_compose_file_lists_the_gpu_file(project):
-    output, selected = select(project)  # .env: COMPOSE_FILE=compose.yaml:compose.gpu.yaml
+    set_compose_file(project, "compose.yaml:compose.gpu.yaml")  # as on a host with the NVIDIA runtime
+    output, selected = select(project)
     assert "dev container: GPU" in output
     assert selected == yaml.safe_load((project / "compose.gpu.yaml").read_text())
     devices = devcontainer_compose(project)["deploy"]["resources"]["reservations"]["devices"]
@@ -48,8 +55,7 @@ def test_cpu_when_the_shell_says_so(project):
 
 
 def test_cpu_when_env_file_says_so(project):
-    env = project / ".env"
-    env.write_text(env.read_text().replace("COMPOSE_FILE=compose.yaml:compose.gpu.yaml", "COMPOSE_FILE=compose.yaml"))
+    set_compose_file(project, "compose.yaml")
     assert "CPU only" in select(project)[0]
     assert "deploy" not in devcontainer_compose(project)
 

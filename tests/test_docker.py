@@ -45,6 +45,9 @@ class RunningProject:
     manager: str
     framework: str
     cuda: str
+    # This clone's compose project and image (.env: COMPOSE_PROJECT_NAME, IMAGE_NAME).
+    compose_project: str = ""
+    image: str = ""
 
     def compose(self, *args: str, check: bool = True):
         result = run([self.docker, "compose", *args], cwd=self.path, env=self.env)
@@ -139,6 +142,8 @@ def project_on_engine(path: Path, answers: dict, docker_env, compose_file: str =
         manager=answers.get("dependency_manager", "uv"),
         framework=answers.get("framework", "pytorch"),
         cuda=answers.get("cuda_version", "13.0"),
+        compose_project=env_file["COMPOSE_PROJECT_NAME"],
+        image=env_file["IMAGE_NAME"],
     )
 
 
@@ -153,7 +158,7 @@ def project(request, docker_env, tmp_path_factory) -> RunningProject:
         start = time.monotonic()
         running.compose("--progress", "plain", "build")
         build_seconds = time.monotonic() - start
-        inspect = run([docker_env.cli, "image", "inspect", f"{running.slug}:dev", "--format", "{{.Size}}"])
+        inspect = run([docker_env.cli, "image", "inspect", running.image, "--format", "{{.Size}}"])
         start = time.monotonic()
         running.compose("up", "-d")
         ready = (time.monotonic() - start) + wait_for_jupyter(running)
@@ -164,16 +169,18 @@ def project(request, docker_env, tmp_path_factory) -> RunningProject:
         yield running
     finally:
         running.compose("--profile", "tools", "down", "-v", "--rmi", "all", "--remove-orphans", check=False)
-        remove_images_and_layers(docker_env, running.slug)
+        remove_images_and_layers(docker_env, running.compose_project)
+        remove_images_and_layers(docker_env, running.slug)  # the devcontainer CLI's, by folder
 
 
 def remove_images_and_layers(docker_env, project_name: str) -> None:
-    """A PyTorch image is about 6 GB: remove every image this project built (rebuilds
-    leave untagged ones, the devcontainer CLI adds its own on top) and, where asked (CI),
-    BuildKit's cached layers. Cache mounts (the uv/poetry download caches) stay, so the
-    next project downloads nothing twice."""
-    label = f"label=com.docker.compose.project={project_name}"
-    images = run([docker_env.cli, "image", "ls", "-q", "--filter", label]).stdout.split()
+    """A PyTorch image is about 6 GB: remove every image this compose project built
+    (rebuilds leave untagged ones, the devcontainer CLI adds its own on top) and, where
+    asked (CI), BuildKit's cached layers. Cache mounts (the uv/poetry download caches)
+    stay, so the next project downloads nothing twice."""
+    images = []
+    for label in (f"com.docker.compose.project={project_name}", f"dev.gpu-template.clone={project_name}"):
+        images += run([docker_env.cli, "image", "ls", "-q", "--filter", f"label={label}"]).stdout.split()
     images += run([docker_env.cli, "image", "ls", "-q", "--filter", f"reference=vsc-{project_name}-*"]).stdout.split()
     if images:
         run([docker_env.cli, "image", "rm", "-f", *sorted(set(images))])
@@ -248,7 +255,7 @@ def test_the_image_starts_on_every_driver_of_its_cuda_major(project, docker_env)
     """NVIDIA_REQUIRE_CUDA, which the NVIDIA Container Toolkit checks against the driver,
     leads with the CUDA major's floor (minor version compatibility), ORed (a space) with
     the base image's own requirement."""
-    image = f"{project.slug}:dev"
+    image = project.image
     inspect = run([docker_env.cli, "image", "inspect", image, "--format", "{{json .Config.Env}}"])
     env = dict(entry.split("=", 1) for entry in json.loads(inspect.stdout))
     table = template_rules.load_table()
@@ -385,7 +392,7 @@ def scan_saved_image(docker: str, image: str, needles: list[bytes]) -> list[byte
 def test_no_secret_reaches_the_image(project, docker_env):
     """The token and the CA bundle appear nowhere in the image: not in its history, its
     metadata, nor (default project) in any file of any layer of `docker save`."""
-    image = f"{project.slug}:dev"
+    image = project.image
     ca_lines = extra_ca_lines(project, docker_env)
     if os.environ.get("EXPECT_TLS_INTERCEPTION") == "1":
         assert ca_lines, "the intercepting proxy's CA was not found in TEST_CA_BUNDLE"

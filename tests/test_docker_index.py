@@ -91,7 +91,7 @@ def index_project(docker_env, tmp_path_factory):
         yield project, index, build
     finally:
         project.compose("--profile", "tools", "down", "-v", "--rmi", "all", "--remove-orphans", check=False)
-        remove_images_and_layers(docker_env, project.slug)
+        remove_images_and_layers(docker_env, project.compose_project)
         index.close()
 
 

@@ -40,7 +40,7 @@ MIN_BATCH_SECONDS = 0.05
 REPORT_FIELDS = (
     "python", "machine", "shm_bytes", "shm_ok",
     "framework", "framework_version", "cuda_build", "cudnn", "driver",
-    "gpus", "gpu_available", "no_gpu_reason",
+    "visible_devices", "gpus", "gpu_available", "no_gpu_reason",
     "matmul_n", "cpu_threads", "cpu_fp32_seconds", "cpu_fp32_gflops",
     "gpu_fp32_seconds", "speedup_fp32", "results_match",
     "matmul_big_n", "half_precision", "gpu_fp32_tflops", "gpu_tf32_tflops", "gpu_half_tflops",
@@ -209,6 +209,8 @@ def torch_report(args: argparse.Namespace) -> dict:
             {
                 "index": index,
                 "name": props.name,
+                # The UUID nvidia-smi -L and GPU_DEVICES use (torch prints it without "GPU-").
+                "uuid": f"GPU-{props.uuid}" if getattr(props, "uuid", None) else None,
                 "compute_capability": f"{props.major}.{props.minor}",
                 "memory_gib": round(props.total_memory / 2**30, 1),
                 "kernels": kernels_for(arch_list, f"{props.major}.{props.minor}"),
@@ -459,6 +461,11 @@ def installed(module: str) -> bool:
 def collect(args: argparse.Namespace) -> dict:
     report = dict.fromkeys(REPORT_FIELDS)
     report.update(python=platform.python_version(), machine=platform.machine(), gpus=[], **shm_report())
+    # The GPUs this container was given (GPU_DEVICES in .env becomes Docker's device request,
+    # which the NVIDIA runtime passes on as NVIDIA_VISIBLE_DEVICES), and CUDA's own filter.
+    report["visible_devices"] = {
+        name: os.environ[name] for name in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES") if name in os.environ
+    }
     if installed("torch"):
         report.update(torch_report(args))
     elif installed("tensorflow"):
@@ -478,6 +485,8 @@ def print_table(report: dict) -> None:
     row("CUDA build", report.get("cuda_build") or "none (CPU-only build)")
     row("cuDNN", report.get("cudnn") or "-")
     row("NVIDIA driver", report.get("driver") or "not found (nvidia-smi is missing or fails here)")
+    visible = report.get("visible_devices") or {}
+    row("Devices given", ", ".join(f"{name}={value}" for name, value in visible.items()) or "not restricted")
     shm = report.get("shm_bytes")
     row("/dev/shm", f"{shm / 2**30:.1f} GiB" if shm else "unknown")
     if report.get("shm_ok") is False:

@@ -21,6 +21,10 @@ import sys
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
+# docker/setup_env.py: what `make up` checks before Docker starts (GPU_DEVICES, the port).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import setup_env
+
 # Facts of this project, written by the template from its compatibility table.
 CUDA_VERSION = "{{ cookiecutter.cuda_version }}"
 # The driver rule (README: Choosing the CUDA build): from MIN_DRIVER on, the build runs
@@ -29,10 +33,14 @@ MIN_DRIVER = "{{ cookiecutter.__min_driver }}"
 TOOLKIT_DRIVER = "{{ cookiecutter.__toolkit_driver }}"
 # Every CUDA build of this framework: its driver floor and the GPU code compiled into it,
 # to name the build that fits a GPU this one has no kernels for.
+# fmt: off
 BUILDS = json.loads(
     r"""{{ framework_builds(cookiecutter) | tojson }}"""
 )
+# fmt: on
 FRAMEWORK = "{{ cookiecutter.framework }}"
+# The Dockerfile's default base image (BASE_IMAGE in .env replaces it).
+DEFAULT_BASE_IMAGE = "{{ cookiecutter.__base_image }}"
 MIN_DOCKER = (20, 10)
 MIN_COMPOSE = (2, 20)
 # Files that run inside Linux: a Windows checkout with CRLF breaks them.
@@ -83,9 +91,9 @@ def read_env() -> dict[str, str] | None:
 
 def check_env(doctor: Doctor, env: dict[str, str] | None) -> None:
     if env is None:
-        doctor.fail(
-            ".env is missing",
-            'cp .env.example .env, then set JUPYTER_TOKEN (python3 -c "import secrets; print(secrets.token_urlsafe(32))")',
+        doctor.warn(
+            ".env is missing (a fresh clone): `make up` writes it for this clone",
+            "nothing to do, or write it now: python3 docker/setup_env.py",
         )
         return
     if not env.get("JUPYTER_TOKEN"):
@@ -189,6 +197,75 @@ def check_gpu(doctor: Doctor, env: dict[str, str] | None, info: dict[str, str] |
     else:
         doctor.ok(f"driver {driver} ({rows[0][1]}) runs CUDA {CUDA_VERSION}")
     check_gpu_kernels(doctor, rows)
+    check_gpu_devices(doctor, env or {})
+
+
+def check_gpu_devices(doctor: Doctor, env: dict[str, str]) -> None:
+    """GPU_DEVICES against the host's GPUs; each GPU with its memory and processes, which
+    of them this clone takes, and other running containers that hold the same ones."""
+    problem = setup_env.gpu_devices_problem(env)
+    if problem:
+        doctor.fail(problem, "correct GPU_DEVICES in .env (`nvidia-smi -L` lists the GPUs)")
+        return
+    wanted = setup_env.parse_gpu_devices(env.get("GPU_DEVICES", "all")) or []
+    gpus = gpu_usage()
+    others = other_containers_gpus(env.get("COMPOSE_PROJECT_NAME", ""))
+    print("        GPUs (* = this clone takes it):")
+    for gpu in gpus:
+        mine = not wanted or gpu["index"] in wanted or gpu["uuid"] in wanted
+        processes = (
+            ", ".join(f"{p['name']} (pid {p['pid']}, {p['memory']} MiB)" for p in gpu["processes"]) or "no processes"
+        )
+        print(
+            f"        {'*' if mine else ' '} {gpu['index']} {gpu['name']} {gpu['uuid']}: "
+            f"{gpu['memory_used']} / {gpu['memory_total']} MiB used; {processes}"
+        )
+        holders = [name for name, held in others.items() if held is None or gpu["index"] in held or gpu["uuid"] in held]
+        if mine and holders:
+            doctor.warn(
+                f"GPU {gpu['index']} is also held by running container(s) {', '.join(holders)}",
+                "agree on GPUs with whoever runs them, and set GPU_DEVICES in .env to yours (e.g. GPU_DEVICES=1)",
+            )
+
+
+def gpu_usage() -> list[dict]:
+    """Each GPU with its memory use and the processes on it (nvidia-smi queries)."""
+    fields = "index,uuid,name,memory.used,memory.total"
+    smi = run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
+    apps = run(
+        ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,process_name,used_memory", "--format=csv,noheader,nounits"]
+    )
+    processes: dict[str, list[dict]] = {}
+    for line in apps.stdout.splitlines() if apps is not None and apps.returncode == 0 else []:
+        cells = [cell.strip() for cell in line.split(",")]
+        if len(cells) == 4:
+            processes.setdefault(cells[0], []).append({"pid": cells[1], "name": cells[2], "memory": cells[3]})
+    gpus = []
+    for line in smi.stdout.splitlines() if smi is not None and smi.returncode == 0 else []:
+        cells = [cell.strip() for cell in line.split(",")]
+        if len(cells) == 5:
+            index, uuid, name, used, total = cells
+            gpus.append(
+                {"index": index, "uuid": uuid, "name": name, "memory_used": used, "memory_total": total,
+                 "processes": processes.get(uuid, [])}
+            )  # fmt: skip
+    return gpus
+
+
+def other_containers_gpus(own_project: str) -> dict[str, set[str] | None]:
+    """Running containers of other compose projects (or none) that hold GPUs: name ->
+    the GPU ids they asked for, None for all of them."""
+    held: dict[str, set[str] | None] = {}
+    for container in setup_env.docker_containers():
+        if own_project and setup_env.compose_project(container) == own_project:
+            continue
+        for request in (container.get("HostConfig") or {}).get("DeviceRequests") or []:
+            if "gpu" not in [cap for caps in request.get("Capabilities") or [] for cap in caps]:
+                continue
+            name = container.get("Name", "").lstrip("/")
+            ids = request.get("DeviceIDs") or []
+            held[name] = {part for gpu_id in ids for part in gpu_id.split(",")} if ids else None
+    return held
 
 
 def query_gpus() -> list[list[str]]:
@@ -239,6 +316,28 @@ def check_gpu_kernels(doctor: Doctor, rows: list[list[str]]) -> None:
             )
 
 
+def check_base_image(doctor: Doctor, env: dict[str, str] | None) -> None:
+    """The image the build starts FROM: on this machine already, or in a registry that
+    answers. Otherwise the build would end in the registry's DNS or "not found" error."""
+    if not shutil.which("docker"):
+        return
+    base = os.environ.get("BASE_IMAGE") or (env or {}).get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    local = run(["docker", "image", "inspect", base])
+    if local is not None and local.returncode == 0:
+        doctor.ok(f"base image {base} is on this machine")
+        return
+    remote = run(["docker", "manifest", "inspect", base])
+    if remote is not None and remote.returncode == 0:
+        doctor.ok(f"base image {base} can be pulled")
+        return
+    reason = (remote.stderr or remote.stdout).strip().splitlines()[-1] if remote is not None else "no answer"
+    doctor.fail(
+        f"base image {base} is not on this machine and cannot be pulled ({reason})",
+        "check the name; without access to its registry, set BASE_IMAGE in .env to a mirror's copy "
+        f"(e.g. BASE_IMAGE=registry.example.com/{DEFAULT_BASE_IMAGE})",
+    )
+
+
 def check_port(doctor: Doctor, env: dict[str, str] | None) -> None:
     port = int((env or {}).get("JUPYTER_HOST_PORT") or 0)
     if not port:
@@ -251,9 +350,10 @@ def check_port(doctor: Doctor, env: dict[str, str] | None) -> None:
             if running_here():
                 doctor.ok(f"port {port} is this project's Jupyter")
                 return
+            _, holder = setup_env.port_holder(port)
             doctor.fail(
-                f"port {port} on 127.0.0.1 is taken (another Jupyter?)",
-                f"stop what uses it (`ss -ltnp | grep {port}` or `lsof -i :{port}`), or pick a free JUPYTER_HOST_PORT in .env",
+                f"port {port} on 127.0.0.1 is taken by {holder or 'another program'}",
+                f"pick a free JUPYTER_HOST_PORT in .env, or stop it (`ss -ltnp | grep {port}` or `lsof -i :{port}`)",
             )
             return
     doctor.ok(f"port {port} is free")
@@ -348,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         env = read_env()
         check_env(doctor, env)
         info = check_docker(doctor)
+        if info is not None:
+            check_base_image(doctor, env)
         check_gpu(doctor, env, info)
         check_port(doctor, env)
         check_user_dirs(doctor, env)

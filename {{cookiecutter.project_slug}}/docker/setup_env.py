@@ -1,0 +1,376 @@
+"""This clone's settings: writes .env when it is missing, completes it when the template
+added keys, and writes compose.gpu.yaml from GPU_DEVICES. Every `make` target that
+starts Docker runs it first, and so does the dev container's initializeCommand, so a
+fresh clone needs no hand-written .env.
+
+    python3 docker/setup_env.py              # .env and compose.gpu.yaml, and what was chosen
+    python3 docker/setup_env.py --preflight  # the same, then refuse what would fail in Docker:
+                                             # an invalid GPU_DEVICES, a port someone else holds
+
+An existing value in .env is never changed. Each clone gets its own compose project and
+image (COMPOSE_PROJECT_NAME, IMAGE_NAME: the project, the user and a hash of the
+clone's folder), so teammates on one server never stop, replace or delete each other's
+containers and images. Standard library only (Python 3.8+), like docker/doctor.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+# The project's name, from the template; the clone's folder may be named otherwise.
+SLUG = "{{ cookiecutter.project_slug }}"
+ENV = PROJECT / ".env"
+EXAMPLE = PROJECT / ".env.example"
+GPU_FILE = PROJECT / "compose.gpu.yaml"
+GPU_COMPOSE_FILE = "compose.yaml:compose.gpu.yaml"
+CPU_COMPOSE_FILE = "compose.yaml"
+# How far past the configured Jupyter port a fresh clone looks for a free one.
+PORT_SEARCH = 100
+# A GPU as nvidia-smi and Docker name it: an index, a GPU or MIG UUID, or a MIG device
+# as GPU:instance.
+GPU_ID = re.compile(r"\d+|\d+:\d+|GPU-[0-9a-fA-F-]{8,}|MIG-[0-9a-fA-F-]{8,}|MIG-GPU-[0-9a-fA-F-]{8,}/\d+/\d+")
+
+
+def run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """KEY=value lines (comments and blank lines skipped), in order."""
+    values = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def read_env() -> dict[str, str]:
+    return parse_env(ENV.read_text(encoding="utf-8")) if ENV.is_file() else {}
+
+
+# ---------------------------------------------------------------------------------------
+# What a fresh clone gets
+# ---------------------------------------------------------------------------------------
+
+
+def clone_name(slug: str, user: str, folder: Path) -> str:
+    """The compose project (and image) name of one clone: unique per user and folder,
+    and valid for both (lowercase letters, digits, '_' and '-')."""
+    user = re.sub(r"[^a-z0-9]+", "-", user.lower()).strip("-") or "user"
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:6]
+    return f"{slug}-{user}-{digest}"
+
+
+def user_name(uid: str) -> str:
+    """The host account of the container user's uid (the one running make, or the one
+    root sets the project up for), or "" where it has no name."""
+    try:
+        import pwd
+    except ImportError:  # Windows: no uid accounts
+        try:
+            return getpass.getuser()
+        except (KeyError, OSError):
+            return ""
+    try:
+        return pwd.getpwuid(int(uid)).pw_name
+    except (KeyError, ValueError):
+        return ""
+
+
+def host_ids(default_uid: str, default_gid: str) -> tuple[str, str]:
+    """The user's ids; as root, the project folder's owner's (root sets projects up for
+    others), and the template's defaults where even that is root."""
+    if not hasattr(os, "getuid"):
+        return default_uid, default_gid
+    uid, gid = os.getuid(), os.getgid()
+    if uid == 0:
+        owner = PROJECT.stat()
+        uid, gid = owner.st_uid, owner.st_gid
+    return (str(uid) if uid else default_uid), (str(gid) if gid else default_gid)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(wanted: int) -> int:
+    """The wanted port, or the next free one after it (a teammate's Jupyter may hold it)."""
+    for port in range(wanted, min(wanted + PORT_SEARCH, 65536)):
+        if port_free(port):
+            return port
+    return wanted
+
+
+def nvidia_runtime() -> bool | None:
+    """Whether Docker has the NVIDIA runtime (None: no engine answered)."""
+    if not shutil.which("docker"):
+        return None
+    # Local, but a wedged engine (or a remote DOCKER_HOST) must not stall generation.
+    info = run(["docker", "info"], timeout=10)
+    if info is None or info.returncode != 0:
+        return None
+    runtimes = [line for line in info.stdout.splitlines() if line.strip().startswith("Runtimes:")]
+    return any("nvidia" in line for line in runtimes)
+
+
+def fresh_values(example: dict[str, str], overrides: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Values a new .env gets for the keys that depend on the machine, the user or the
+    clone; and notes on the choices a reader would not guess."""
+    notes = []
+    uid, gid = host_ids(example.get("USER_UID", "1000"), example.get("USER_GID", "1000"))
+    wanted = int(example.get("JUPYTER_HOST_PORT") or 8888)
+    port = int(overrides["JUPYTER_HOST_PORT"]) if "JUPYTER_HOST_PORT" in overrides else free_port(wanted)
+    if port != wanted:
+        notes.append(f"port {wanted} is taken here, so Jupyter gets {port}")
+    runtime = nvidia_runtime()
+    if runtime is None:
+        notes.append(
+            "no Docker engine answered: CPU settings; with the NVIDIA runtime, set COMPOSE_FILE=" + GPU_COMPOSE_FILE
+        )
+    elif not runtime:
+        notes.append("Docker has no NVIDIA runtime: the project runs on the CPU (COMPOSE_FILE=compose.yaml)")
+    uid, gid = overrides.get("USER_UID", uid), overrides.get("USER_GID", gid)
+    name = clone_name(SLUG, user_name(uid) or f"u{uid}", PROJECT)
+    values = {
+        "JUPYTER_TOKEN": secrets.token_urlsafe(32),
+        "USER_UID": uid,
+        "USER_GID": gid,
+        "JUPYTER_HOST_PORT": str(port),
+        "COMPOSE_FILE": GPU_COMPOSE_FILE if runtime else CPU_COMPOSE_FILE,
+        "COMPOSE_PROJECT_NAME": name,
+        "IMAGE_NAME": f"{name}:dev",
+    }
+    values.update(overrides)
+    return values, notes
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it holds the Jupyter token)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> str:
+    """Create .env from .env.example, or append the keys it lacks. Returns what happened:
+    "created", "completed" or "kept"."""
+    example_text = EXAMPLE.read_text(encoding="utf-8")
+    example = parse_env(example_text)
+    if not ENV.is_file():
+        values, notes = fresh_values(example, overrides or {})
+        lines = []
+        for line in example_text.splitlines():
+            key = line.partition("=")[0].strip()
+            fresh = not line.lstrip().startswith("#") and "=" in line and key in values
+            lines.append(f"{key}={values[key]}" if fresh else line)
+        write_private(ENV, "\n".join(lines) + "\n")
+        if not quiet:
+            shown = ("COMPOSE_PROJECT_NAME", "IMAGE_NAME", "USER_UID", "USER_GID", "JUPYTER_HOST_PORT", "COMPOSE_FILE")
+            print(".env written for this clone (edit it to change; it is never overwritten):")
+            for key in shown:
+                print(f"  {key}={values[key]}")
+            print("  JUPYTER_TOKEN=(new; `make jupyter` prints the address with it)")
+            for note in notes:
+                print(f"  note: {note}")
+        return "created"
+    current = read_env()
+    missing = [key for key in example if key not in current]
+    if not missing:
+        return "kept"
+    values, _ = fresh_values(example, overrides or {})
+    added = {key: values.get(key, example[key]) for key in missing}
+    text = ENV.read_text(encoding="utf-8")
+    text += ("" if text.endswith("\n") else "\n") + "# Added from .env.example (new in the template):\n"
+    text += "".join(f"{key}={value}\n" for key, value in added.items())
+    write_private(ENV, text)
+    if not quiet:
+        print(".env: added the settings a newer template introduced (your values are unchanged):")
+        for key, value in added.items():
+            print(f"  {key}={'(new token)' if key == 'JUPYTER_TOKEN' else value}")
+    return "completed"
+
+
+# ---------------------------------------------------------------------------------------
+# GPUs
+# ---------------------------------------------------------------------------------------
+
+
+def parse_gpu_devices(value: str) -> list[str] | None:
+    """GPU_DEVICES as a list of ids, [] for "all", None when it is not valid."""
+    value = value.strip()
+    if value.lower() == "all":
+        return []
+    ids = [part.strip() for part in value.split(",")]
+    if not ids or any(not GPU_ID.fullmatch(part) for part in ids) or len(set(ids)) != len(ids):
+        return None
+    return ids
+
+
+def host_gpus() -> list[dict] | None:
+    """The host's GPUs and MIG devices (nvidia-smi -L), or None without a driver."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    listing = run(["nvidia-smi", "-L"])
+    if listing is None or listing.returncode != 0:
+        return None
+    gpus: list[dict] = []
+    for line in listing.stdout.splitlines():
+        gpu = re.match(r"GPU (\d+): (.*?) \(UUID: (GPU-[^)]+)\)", line.strip())
+        mig = re.match(r"MIG .*Device\s+(\d+): \(UUID: (MIG-[^)]+)\)", line.strip())
+        if gpu:
+            gpus.append({"index": gpu.group(1), "name": gpu.group(2), "uuid": gpu.group(3), "mig": []})
+        elif mig and gpus:
+            gpus[-1]["mig"].append({"index": f"{gpus[-1]['index']}:{mig.group(1)}", "uuid": mig.group(2)})
+    return gpus
+
+
+def unknown_gpu_ids(ids: list[str], gpus: list[dict]) -> list[str]:
+    known = set()
+    for gpu in gpus:
+        known |= {gpu["index"], gpu["uuid"]}
+        known |= {mig["index"] for mig in gpu["mig"]} | {mig["uuid"] for mig in gpu["mig"]}
+    return [gpu_id for gpu_id in ids if gpu_id not in known]
+
+
+def gpu_devices_problem(env: dict[str, str]) -> str | None:
+    """Why GPU_DEVICES cannot work on this host, or None."""
+    value = env.get("GPU_DEVICES", "all")
+    ids = parse_gpu_devices(value)
+    if ids is None:
+        return (
+            f"GPU_DEVICES={value!r} in .env is not `all` or a comma-separated list of GPU indices, "
+            "GPU UUIDs or MIG ids (as `nvidia-smi -L` shows them), e.g. GPU_DEVICES=0,1"
+        )
+    gpus = host_gpus() if ids and GPU_FILE.name in env.get("COMPOSE_FILE", "") else None
+    unknown = unknown_gpu_ids(ids, gpus) if gpus is not None else []
+    if unknown:
+        have = ", ".join(f"{gpu['index']} ({gpu['uuid']})" for gpu in gpus) or "none"
+        return f"GPU_DEVICES in .env names {', '.join(unknown)}, which this host does not have (its GPUs: {have})"
+    return None
+
+
+def gpu_file_text(env: dict[str, str]) -> str:
+    ids = parse_gpu_devices(env.get("GPU_DEVICES", "all")) or []
+    select = f"device_ids: {json.dumps(ids)}" if ids else "count: all"
+    return f"""# Written by docker/setup_env.py from GPU_DEVICES in .env (every `make` target that starts
+# Docker rewrites it; edit .env, not this file). The GPU reservation, merged over
+# compose.yaml when COMPOSE_FILE lists it. Needs the NVIDIA driver and the NVIDIA
+# Container Toolkit on the host; `docker compose up` otherwise fails with:
+# could not select device driver "nvidia" with capabilities: [[gpu]]
+services:
+  lab:
+    deploy:
+      resources:
+        reservations:
+          devices:
+            - driver: nvidia
+              {select}
+              capabilities: [gpu]
+"""
+
+
+def write_gpu_file(env: dict[str, str]) -> None:
+    text = gpu_file_text(env)
+    if not GPU_FILE.is_file() or GPU_FILE.read_text(encoding="utf-8") != text:
+        GPU_FILE.write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------
+# Who holds a port
+# ---------------------------------------------------------------------------------------
+
+
+def docker_containers() -> list[dict]:
+    """`docker inspect` of every running container (JSON: the same on every engine)."""
+    if not shutil.which("docker"):
+        return []
+    ids = run(["docker", "ps", "-q"])
+    if ids is None or ids.returncode != 0 or not ids.stdout.split():
+        return []
+    inspected = run(["docker", "inspect", *ids.stdout.split()])
+    try:
+        return json.loads(inspected.stdout) if inspected and inspected.returncode == 0 else []
+    except json.JSONDecodeError:
+        return []
+
+
+def compose_project(container: dict) -> str:
+    return ((container.get("Config") or {}).get("Labels") or {}).get("com.docker.compose.project", "")
+
+
+def port_holder(port: int) -> tuple[str, str]:
+    """Who listens on a host port: ("container", name + compose project) or ("process",
+    name and pid), ("", "") when it cannot be told."""
+    for container in docker_containers():
+        bindings = (container.get("HostConfig") or {}).get("PortBindings") or {}
+        for binds in bindings.values():
+            if any(str(bind.get("HostPort")) == str(port) for bind in binds or []):
+                name = container.get("Name", "").lstrip("/")
+                project = compose_project(container)
+                return "container", f"container {name}" + (f" (compose project {project})" if project else "")
+    ss = run(["ss", "-ltnpH", f"sport = :{port}"]) if shutil.which("ss") else None
+    if ss is not None and ss.returncode == 0:
+        found = re.search(r'users:\(\("([^"]+)",pid=(\d+)', ss.stdout)
+        if found:
+            return "process", f"process {found.group(1)} (pid {found.group(2)})"
+    return "", ""
+
+
+def port_problem(env: dict[str, str]) -> str | None:
+    """Why Jupyter's host port cannot be published, or None (free, or this clone's own)."""
+    port = int(env.get("JUPYTER_HOST_PORT") or 0)
+    if not port or port_free(port):
+        return None
+    kind, holder = port_holder(port)
+    if kind == "container" and f"compose project {env.get('COMPOSE_PROJECT_NAME')})" in holder:
+        return None  # this clone's Jupyter, already up
+    return (
+        f"port {port} on 127.0.0.1 is taken by {holder or 'another program'}; "
+        "pick a free JUPYTER_HOST_PORT in .env, or stop it"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preflight", action="store_true", help="also refuse what would fail once Docker starts")
+    parser.add_argument("--quiet", action="store_true", help="print nothing unless something is wrong")
+    args = parser.parse_args(argv)
+    ensure_env(quiet=args.quiet)
+    env = {**read_env(), **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
+    problem = gpu_devices_problem(env)
+    if problem is None:
+        write_gpu_file(env)
+    problems = [problem] if problem else []
+    if args.preflight:
+        problems += [found for found in (port_problem(env),) if found]
+    for found in problems:
+        print(f"ERROR: {found}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
