@@ -265,3 +265,18 @@ def test_doctor_names_base_image_when_it_cannot_be_pulled(origin, tmp_path):
         in out
     )
     assert "no such host" in out and "set BASE_IMAGE in .env to a mirror's copy" in out
+
+
+def test_the_dev_container_sets_up_a_fresh_clone_too(origin, tmp_path):
+    """VS Code runs initializeCommand on the host before the container starts: in a fresh
+    clone it writes .env (here: no NVIDIA runtime, so CPU) before choosing GPU or CPU."""
+    import json5
+
+    fresh = clone(origin, tmp_path / "fresh")
+    command = json5.loads((fresh / ".devcontainer" / "devcontainer.json").read_text())["initializeCommand"]
+    path = f"{fake_bin(tmp_path, docker=FAKE_DOCKER)}{os.pathsep}{os.environ['PATH']}"
+    result = run(["sh", "-c", command], cwd=fresh, env={**os.environ, "PATH": path})
+    assert result.returncode == 0, result.stderr
+    assert ".env written for this clone" in result.stdout
+    assert "dev container: CPU only (COMPOSE_FILE=compose.yaml)" in result.stdout
+    assert env_values(fresh / ".env")["COMPOSE_FILE"] == "compose.yaml"
