@@ -177,34 +177,31 @@ def test_a_bad_gpu_devices_stops_make_up_before_docker(origin, tmp_path, value, 
         assert ok.returncode == 0, (good, ok.stderr)
 
 
-def test_a_taken_port_is_reported_with_its_process(origin, tmp_path):
+def container_publishing(port: int) -> str:
+    """`docker inspect` of another clone's container that publishes this port."""
+    return (
+        '[{"Name": "/gpu_lab-bob-abc123-lab-1", "Config": {"Labels": {"com.docker.compose.project": '
+        f'"gpu_lab-bob-abc123"}}}}, "HostConfig": {{"PortBindings": {{"8888/tcp": [{{"HostIp": "127.0.0.1", '
+        f'"HostPort": "{port}"}}]}}}}}}]'
+    )
+
+
+@pytest.mark.parametrize("holder_kind", ["process", "container"])
+def test_a_taken_port_is_reported_with_what_holds_it(origin, tmp_path, holder_kind):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
         env = origin / ".env"
         env.write_text(re.sub(r"(?m)^JUPYTER_HOST_PORT=.*$", f"JUPYTER_HOST_PORT={port}", env.read_text()))
-        result = setup(origin, tmp_path, "--preflight")
+        docker = {"FAKE_PS": "c0ffee", "FAKE_INSPECT": container_publishing(port)} if holder_kind == "container" else {}
+        result = setup(origin, tmp_path, "--preflight", **docker)
     assert result.returncode == 1
-    assert f"port {port} on 127.0.0.1 is taken by process " in result.stderr
-    assert f"(pid {os.getpid()})" in result.stderr
-
-
-def test_a_taken_port_names_the_container_holding_it(origin, tmp_path):
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        env = origin / ".env"
-        env.write_text(re.sub(r"(?m)^JUPYTER_HOST_PORT=.*$", f"JUPYTER_HOST_PORT={port}", env.read_text()))
-        inspect = (
-            '[{"Name": "/gpu_lab-bob-abc123-lab-1", "Config": {"Labels": {"com.docker.compose.project": '
-            f'"gpu_lab-bob-abc123"}}}}, "HostConfig": {{"PortBindings": {{"8888/tcp": [{{"HostIp": "127.0.0.1", '
-            f'"HostPort": "{port}"}}]}}}}}}]'
-        )
-        result = setup(origin, tmp_path, "--preflight", FAKE_PS="c0ffee", FAKE_INSPECT=inspect)
-    assert result.returncode == 1
-    assert "taken by container gpu_lab-bob-abc123-lab-1 (compose project gpu_lab-bob-abc123)" in result.stderr
+    if holder_kind == "process":  # this test's own socket
+        assert f"port {port} on 127.0.0.1 is taken by process " in result.stderr
+        assert f"(pid {os.getpid()})" in result.stderr
+    else:
+        assert "taken by container gpu_lab-bob-abc123-lab-1 (compose project gpu_lab-bob-abc123)" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------
