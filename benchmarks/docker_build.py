@@ -1,5 +1,7 @@
 """Measures what users wait for: cold build, image size, `up` until Jupyter answers, and
-rebuilds after a change to src/ and after adding one dependency. Prints figures only.
+rebuilds after a change to src/ and after adding one dependency (`make lock`, then the
+rebuild), against the floor: one layer FROM the old image installing the same package,
+what any rebuild must at least cost. Prints figures only, and the rebuild/floor ratio.
 
     python benchmarks/docker_build.py [--cold] [--base-image local/debian:trixie]
         [--ca-bundle /etc/ssl/certs/ca-certificates.crt] [answer=value ...]
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,10 +25,8 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
-import relock
 from cookiecutter.main import cookiecutter
 
 
@@ -48,6 +49,46 @@ def jupyter_ready(port: int, token: str, timeout: float = 300) -> float:
         except (OSError, urllib.error.URLError):
             time.sleep(0.1)
     sys.exit("Jupyter never answered")
+
+
+# How each manager's input file gains one small dependency.
+ADD_TQDM = {
+    "uv": ("pyproject.toml", '    "numpy>=1.26",\n', '    "numpy>=1.26",\n    "tqdm",\n'),
+    "pip": ("requirements.in", "numpy>=1.26\n", "numpy>=1.26\ntqdm\n"),
+    "poetry": ("pyproject.toml", '    "numpy>=1.26",\n', '    "numpy>=1.26",\n    "tqdm",\n'),
+}
+
+
+def image_id(docker: str, image: str) -> str:
+    cmd = [docker, "image", "inspect", image, "--format", "{{.Id}}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return result.stdout.strip()
+
+
+def floor(docker: str, image: str, project: Path, env: dict, env_file: dict) -> float:
+    """What any rebuild after adding tqdm must at least cost: one layer FROM the image as
+    it was, installing the same locked tqdm into /opt/venv (the image's user owns it), with
+    the same CA secret. Built in a folder of its own and removed again."""
+    lock = (project / "uv.lock").read_text() if (project / "uv.lock").is_file() else ""
+    match = re.search(r'name = "tqdm"\nversion = "([^"]+)"', lock) or re.search(
+        r"^tqdm==([\w.]+)",
+        "\n".join((project / n).read_text() for n in ("requirements.txt", "poetry.lock") if (project / n).is_file()),
+        re.MULTILINE,
+    )
+    pin = f"tqdm=={match.group(1)}" if match else "tqdm"
+    with tempfile.TemporaryDirectory() as context:
+        uid = env_file["USER_UID"]
+        install = (
+            f"if [ -x /opt/uv/bin/uv ]; then /opt/uv/bin/uv pip install --python /opt/venv/bin/python {pin}; "
+            f"else /opt/venv/bin/python -m pip install --no-cache-dir {pin}; fi"
+        )
+        (Path(context) / "Dockerfile").write_text(
+            f"FROM {image}\nRUN --mount=type=secret,id=ca_bundle,uid={uid} with-build-ca sh -c '{install}'\n"
+        )
+        cmd = [docker, "build", "-q", "-t", "benchmark-floor:tmp", "--secret", f"id=ca_bundle,src={env['CA_BUNDLE']}"]
+        seconds = sh([*cmd, context], Path(context), {**env, "DOCKER_BUILDKIT": "1"})
+        subprocess.run([docker, "image", "rm", "-f", "benchmark-floor:tmp"], capture_output=True, check=False)
+    return seconds
 
 
 def main() -> int:
@@ -89,21 +130,27 @@ def main() -> int:
             )
             (project / "src" / project.name / "model.py").write_text("X = 1\n")
             figures["rebuild after a src/ change"] = sh([*compose, "build"], project, env)
-            pyproject = project / "pyproject.toml"
-            pyproject.write_text(
-                pyproject.read_text().replace('    "numpy>=1.26",\n', '    "numpy>=1.26",\n    "tqdm",\n')
-            )
-            python = relock.find_python(answers.get("python_version", "3.12"))
-            figures["uv lock after adding tqdm"] = sh(
-                [sys.executable, "-m", "uv", "lock", "--python", python, "--no-python-downloads"], project, env
-            )
+            manager = answers.get("dependency_manager", "uv")
+            name, old, new = ADD_TQDM[manager]
+            (project / name).write_text((project / name).read_text().replace(old, new))
+            figures["make lock after adding tqdm"] = sh([*compose, "run", "--rm", "--build", "lock"], project, env)
+            before = image_id(docker, env_file["IMAGE_NAME"])
             figures["rebuild after adding tqdm"] = sh([*compose, "build"], project, env)
+            figures["floor: tqdm into the built image"] = floor(docker, before, project, env, env_file)
+            figures["rebuild / floor"] = (
+                figures["rebuild after adding tqdm"] / figures["floor: tqdm into the built image"]
+            )
         finally:
             subprocess.run(
-                [*compose, "down", "-v", "--rmi", "all"], cwd=project, env=env, capture_output=True, check=False
+                [*compose, "--profile", "tools", "down", "-v", "--rmi", "all"],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                check=False,
             )
     for name, value in figures.items():
-        print(f"{name:<32} {value:8.2f}" + ("" if "GB" in name else " s"))
+        unit = "" if "GB" in name else ("x" if "/" in name else " s")
+        print(f"{name:<36} {value:8.2f}{unit}")
     print(json.dumps({"answers": answers, **figures}))
     return 0
 

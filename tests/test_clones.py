@@ -109,6 +109,29 @@ def test_an_existing_env_is_never_overwritten_only_completed(origin, tmp_path):
     assert again.stdout == "" and env.read_text() == text  # nothing left to add: silent, unchanged
 
 
+def test_an_env_from_before_per_clone_names_keeps_its_compose_project(origin, tmp_path):
+    """Its containers run under the project's own name: `make up` must find them, not
+    start a second Jupyter on the same port. The user is told how to get names of its own."""
+    env = origin / ".env"
+    env.write_text(
+        "".join(line + "\n" for line in env.read_text().splitlines() if not line.startswith("COMPOSE_PROJECT"))
+    )
+    result = setup(origin, tmp_path)
+    assert env_values(env)["COMPOSE_PROJECT_NAME"] == "gpu_lab"
+    assert "COMPOSE_PROJECT_NAME=gpu_lab keeps this clone's running containers" in result.stdout
+    # Removing both names gives the clone names of its own, as for a fresh clone.
+    env.write_text(
+        "".join(
+            line + "\n"
+            for line in env.read_text().splitlines()
+            if not line.startswith(("COMPOSE_PROJECT", "IMAGE_NAME"))
+        )
+    )
+    setup(origin, tmp_path)
+    values = env_values(env)
+    assert values["COMPOSE_PROJECT_NAME"].startswith("gpu_lab-") and values["IMAGE_NAME"].startswith("gpu_lab-")
+
+
 @pytest.mark.parametrize(
     ("value", "devices"),
     [

@@ -202,6 +202,15 @@ def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> 
     if not missing:
         return "kept"
     values, _ = fresh_values(example, overrides or {})
+    notes = []
+    if "COMPOSE_PROJECT_NAME" in missing and "IMAGE_NAME" in current:
+        # A .env from before per-clone names: its containers run under the project's own
+        # name. Keep it, so `make up` finds them instead of starting a second Jupyter.
+        values["COMPOSE_PROJECT_NAME"] = SLUG
+        notes.append(
+            f"COMPOSE_PROJECT_NAME={SLUG} keeps this clone's running containers; for names of its own "
+            "(a shared server): `make down`, then delete COMPOSE_PROJECT_NAME and IMAGE_NAME from .env"
+        )
     added = {key: values.get(key, example[key]) for key in missing}
     text = ENV.read_text(encoding="utf-8")
     text += ("" if text.endswith("\n") else "\n") + "# Added from .env.example (new in the template):\n"
@@ -211,6 +220,8 @@ def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> 
         print(".env: added the settings a newer template introduced (your values are unchanged):")
         for key, value in added.items():
             print(f"  {key}={'(new token)' if key == 'JUPYTER_TOKEN' else value}")
+        for note in notes:
+            print(f"  note: {note}")
     return "completed"
 
 
