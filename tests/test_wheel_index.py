@@ -119,3 +119,5 @@ def test_pip_pins_the_index_wheel_by_hash(index_build, tmp_path):
     assert "torch==2.13.0+cpu" in text
     assert f"--hash=sha256:{index_build['torch_sha256']}" in text
     assert f"--extra-index-url {index_build['url']}" in (tmp_path / "requirements.in").read_text()
+    # The lock names the index too: the image's `pip install -r requirements.txt` needs it.
+    assert f"--extra-index-url {index_build['url']}" in text.splitlines()

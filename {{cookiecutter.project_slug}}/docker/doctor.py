@@ -156,7 +156,13 @@ def check_docker(doctor: Doctor) -> dict[str, str] | None:
 def check_gpu(doctor: Doctor, env: dict[str, str] | None, info: dict[str, str] | None) -> None:
     compose_file = (env or {}).get("COMPOSE_FILE", "")
     if "compose.gpu.yaml" not in compose_file:
-        doctor.ok("GPU not requested (COMPOSE_FILE leaves out compose.gpu.yaml): the project runs on the CPU")
+        if info is not None and "nvidia" in info.get("Runtimes", ""):
+            doctor.warn(
+                "Docker has the NVIDIA runtime, but COMPOSE_FILE leaves out compose.gpu.yaml: the project runs on the CPU",
+                "set COMPOSE_FILE=compose.yaml:compose.gpu.yaml in .env for the GPU, then `make up`",
+            )
+        else:
+            doctor.ok("GPU not requested (COMPOSE_FILE leaves out compose.gpu.yaml): the project runs on the CPU")
         return
     no_gpu_fix = "or run on the CPU: set COMPOSE_FILE=compose.yaml in .env"
     if info is not None:
@@ -330,10 +336,12 @@ def check_base_image(doctor: Doctor, env: dict[str, str] | None) -> None:
     if remote is not None and remote.returncode == 0:
         doctor.ok(f"base image {base} can be pulled")
         return
-    reason = (remote.stderr or remote.stdout).strip().splitlines()[-1] if remote is not None else "no answer"
-    doctor.fail(
-        f"base image {base} is not on this machine and cannot be pulled ({reason})",
-        "check the name; without access to its registry, set BASE_IMAGE in .env to a mirror's copy "
+    said = (remote.stderr or remote.stdout).strip().splitlines() if remote is not None else []
+    # A warning: this asks the registry from the docker CLI, which does not use the
+    # engine's registry-mirrors or a proxy set for the engine alone; the build may pull.
+    doctor.warn(
+        f"base image {base} is not on this machine, and its registry does not answer here ({said[-1] if said else 'no answer'})",
+        "check the name; if `make up` then fails to pull it, set BASE_IMAGE in .env to a mirror's copy "
         f"(e.g. BASE_IMAGE=registry.example.com/{DEFAULT_BASE_IMAGE})",
     )
 

@@ -34,6 +34,8 @@ SLUG = "{{ cookiecutter.project_slug }}"
 ENV = PROJECT / ".env"
 EXAMPLE = PROJECT / ".env.example"
 GPU_FILE = PROJECT / "compose.gpu.yaml"
+# Keys whose value a clone must have and a copied .env.example leaves empty.
+FILLED = ("JUPYTER_TOKEN", "COMPOSE_PROJECT_NAME", "IMAGE_NAME")
 GPU_COMPOSE_FILE = "compose.yaml:compose.gpu.yaml"
 CPU_COMPOSE_FILE = "compose.yaml"
 # How far past the configured Jupyter port a fresh clone looks for a free one.
@@ -43,11 +45,22 @@ PORT_SEARCH = 100
 GPU_ID = re.compile(r"\d+|\d+:\d+|GPU-[0-9a-fA-F-]{8,}|MIG-[0-9a-fA-F-]{8,}|MIG-GPU-[0-9a-fA-F-]{8,}/\d+/\d+")
 
 
+FAILED = subprocess.CompletedProcess([], 1, "", "")
+
+
 def run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
+
+
+def env_value(raw: str) -> str:
+    """A value as Compose reads it: quotes around it removed, or a ` #` comment after it."""
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    return re.split(r"\s+#", raw, maxsplit=1)[0].strip()
 
 
 def parse_env(text: str) -> dict[str, str]:
@@ -56,7 +69,8 @@ def parse_env(text: str) -> dict[str, str]:
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#") and "=" in line:
             key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
+            key = key.strip()
+            values[key[len("export ") :].strip() if key.startswith("export ") else key] = env_value(value)
     return values
 
 
@@ -146,8 +160,12 @@ def fresh_values(example: dict[str, str], overrides: dict[str, str]) -> tuple[di
         notes.append(f"port {wanted} is taken here, so Jupyter gets {port}")
     runtime = nvidia_runtime()
     if runtime is None:
+        # No engine to ask (not started yet, or docker needs sudo here): the driver decides.
+        runtime = bool(shutil.which("nvidia-smi")) and (run(["nvidia-smi", "-L"], timeout=10) or FAILED).returncode == 0
         notes.append(
-            "no Docker engine answered: CPU settings; with the NVIDIA runtime, set COMPOSE_FILE=" + GPU_COMPOSE_FILE
+            "no Docker engine answered: "
+            + ("an NVIDIA driver is here, so the GPU file is used" if runtime else "CPU settings")
+            + f"; change COMPOSE_FILE in .env if that is wrong ({GPU_COMPOSE_FILE} or {CPU_COMPOSE_FILE})"
         )
     elif not runtime:
         notes.append("Docker has no NVIDIA runtime: the project runs on the CPU (COMPOSE_FILE=compose.yaml)")
@@ -166,12 +184,21 @@ def fresh_values(example: dict[str, str], overrides: dict[str, str]) -> tuple[di
     return values, notes
 
 
+def give_to_project_owner(path: Path) -> None:
+    """As root (`sudo make up`), a file written here goes to the project folder's owner,
+    who must still be able to read and rewrite it."""
+    if getattr(os, "geteuid", lambda: -1)() == 0:
+        owner = PROJECT.stat()
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner may read (it holds the Jupyter token)."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
+    give_to_project_owner(tmp)
     os.replace(tmp, path)
 
 
@@ -198,7 +225,20 @@ def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> 
                 print(f"  note: {note}")
         return "created"
     current = read_env()
+    # `cp .env.example .env` leaves these empty: they are filled in place, like new keys.
+    empty = [key for key in FILLED if key in current and not current[key]]
     missing = [key for key in example if key not in current]
+    if empty:
+        values, _ = fresh_values(example, overrides or {})
+        lines = ENV.read_text(encoding="utf-8").splitlines()
+        lines = [f"{line.partition('=')[0]}={values[line.partition('=')[0].strip()]}"
+                 if line.partition("=")[0].strip() in empty and "=" in line and not line.lstrip().startswith("#")
+                 else line for line in lines]  # fmt: skip
+        write_private(ENV, "\n".join(lines) + "\n")
+        if not quiet:
+            print(f".env: filled the empty {', '.join(empty)} for this clone")
+        if not missing:
+            return "completed"
     if not missing:
         return "kept"
     values, _ = fresh_values(example, overrides or {})
@@ -308,6 +348,7 @@ def write_gpu_file(env: dict[str, str]) -> None:
     text = gpu_file_text(env)
     if not GPU_FILE.is_file() or GPU_FILE.read_text(encoding="utf-8") != text:
         GPU_FILE.write_text(text, encoding="utf-8")
+        give_to_project_owner(GPU_FILE)
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,8 +394,11 @@ def port_holder(port: int) -> tuple[str, str]:
 
 def port_problem(env: dict[str, str]) -> str | None:
     """Why Jupyter's host port cannot be published, or None (free, or this clone's own)."""
-    port = int(env.get("JUPYTER_HOST_PORT") or 0)
-    if not port or port_free(port):
+    value = env.get("JUPYTER_HOST_PORT", "")
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        return f"JUPYTER_HOST_PORT={value!r} in .env is not a port (1 to 65535)"
+    port = int(value)
+    if port_free(port):
         return None
     kind, holder = port_holder(port)
     if kind == "container" and f"compose project {env.get('COMPOSE_PROJECT_NAME')})" in holder:
@@ -375,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     problem = gpu_devices_problem(env)
     if problem is None:
         write_gpu_file(env)
+    elif not args.preflight:
+        # Stopping, removing or entering what runs must still work; only starting is refused.
+        print(f"WARNING: {problem}", file=sys.stderr)
+        return 0
     problems = [problem] if problem else []
     if args.preflight:
         problems += [found for found in (port_problem(env),) if found]
