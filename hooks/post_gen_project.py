@@ -4,7 +4,6 @@ running it again over the same project changes nothing the user made.
 Reads as a decision table: main() calls one small named helper per decision.
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -70,22 +69,13 @@ def create_user_dirs() -> None:
             ignore.write_text("# Contents stay on this machine: not for git.\n*\n!.gitignore\n", encoding="utf-8")
 
 
-def load_project_script(name: str):
-    """One of the project's own docker/*.py scripts, as a module: generation makes the
-    choices a fresh clone's `make up` makes, with the same code."""
-    path = PROJECT / "docker" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_project_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def write_env_file() -> bool:
     """.env from .env.example, as docker/setup_env.py writes it for a fresh clone (a new
     token; the GPU compose file only where Docker has the NVIDIA runtime; this clone's
     compose project and image names), with the ids and port answered. Kept if it exists
     (its token is the user's): only keys it lacks are added. Returns True when written."""
-    setup = load_project_script("setup_env")
+    # The project's own script: generation makes the choices a fresh clone's `make up` makes.
+    setup = template_rules.load_module(PROJECT / "docker" / "setup_env.py", "_project_setup_env")
     answered = {
         "USER_UID": str(ANSWERS["uid"]),
         "USER_GID": str(ANSWERS["gid"]),

@@ -228,15 +228,20 @@ def _capability(text: str) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
+def load_module(path: Path, name: str):
+    """A Python file as a module, executed afresh (no import cache, no sys.path change)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @cache
 def _project_gpu_test():
     """The project's gpu_test.py (plain Python, no Jinja, standard library at import),
     whose kernels_for is CUDA's GPU-code rule: one implementation for the template's
     default and notes, and for the project's self-test and doctor."""
-    spec = importlib.util.spec_from_file_location("_template_gpu_test", PROJECT_TEMPLATE / "gpu_test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(PROJECT_TEMPLATE / "gpu_test.py", "_template_gpu_test")
 
 
 def arch_support(arch_list: list[str], capability: str) -> str | None:
@@ -318,15 +323,14 @@ def build_guide(table: dict, framework: str) -> list[GuideRow]:
             rows.append((capability, f"`{choice}`{note}", ", ".join(f"`{cuda}`" for cuda in others)))
         return rows
 
-    bands: list[tuple[str, str | None, list]] = []
-    for index, driver in enumerate(thresholds):
+    # (lowest driver, answers) per band of thresholds that answer alike.
+    bands: list[tuple[str, list]] = []
+    for driver in thresholds:
         answered = [(choose, also) for _, choose, also in answers_at(driver)]
-        if bands and bands[-1][2] == answered:
-            bands[-1] = (bands[-1][0], None, answered)
-        else:
-            bands.append((driver, None, answered))
+        if not bands or bands[-1][1] != answered:
+            bands.append((driver, answered))
     guide = [GuideRow(f"below {thresholds[0]}", "any", "none: update the driver", "")]
-    for index, (driver, _, answered) in enumerate(bands):
+    for index, (driver, answered) in enumerate(bands):
         upper = bands[index + 1][0] if index + 1 < len(bands) else None
         drivers = f"{driver} to below {upper}" if upper else f"{driver} or newer"
         start = 0
@@ -645,7 +649,7 @@ def host_driver() -> str | None:
     return host.driver if host else None
 
 
-def default_cuda(framework: str, host: HostGPUs | str | None, table: dict | None = None) -> str:
+def default_cuda(framework: str, host: HostGPUs | None, table: dict | None = None) -> str:
     """The cuda_version default: the newest build of the framework that runs on the
     host's driver and has kernels for every GPU present, preferring builds whose lock the
     template ships (they install without PyTorch's index). Native code beats PTX.
@@ -655,8 +659,6 @@ def default_cuda(framework: str, host: HostGPUs | str | None, table: dict | None
     when this host cannot run it (``host_notes``).
     """
     table = table or load_table()
-    if isinstance(host, str):
-        host = HostGPUs(host)
     builds = list(table["frameworks"].get(framework, {}).get("cuda", {}))
     static = table["defaults"]["cuda_version"].get(framework)
     fallback = static if static in builds else (builds[0] if builds else static or "")
@@ -670,12 +672,10 @@ def default_cuda(framework: str, host: HostGPUs | str | None, table: dict | None
     return max(candidates, key=_version_tuple) if candidates else fallback
 
 
-def host_notes(answers: dict, host: HostGPUs | str | None, table: dict | None = None) -> list[str]:
+def host_notes(answers: dict, host: HostGPUs | None, table: dict | None = None) -> list[str]:
     """Warnings (not refusals) about running the answers on this host: the project may
     be meant for another machine."""
     table = table or load_table()
-    if isinstance(host, str):
-        host = HostGPUs(host)
     framework, cuda = answers.get("framework"), answers.get("cuda_version")
     if not host or cuda not in table["frameworks"].get(framework, {}).get("cuda", {}):
         return []
@@ -789,7 +789,7 @@ def install_jinja(environment) -> None:
         load_table(), answers["framework"], answers["cuda_version"]
     )
     # Every CUDA build of the project's framework (driver floor, GPU code), for doctor.py.
-    environment.globals["framework_builds"] = lambda answers: {
+    environment.globals["doctor_builds"] = lambda answers: {
         cuda: {
             "min_driver": min_driver(load_table(), cuda),
             "architectures": spec.get("architectures", []),

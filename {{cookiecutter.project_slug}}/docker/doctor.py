@@ -35,7 +35,7 @@ TOOLKIT_DRIVER = "{{ cookiecutter.__toolkit_driver }}"
 # to name the build that fits a GPU this one has no kernels for.
 # fmt: off
 BUILDS = json.loads(
-    r"""{{ framework_builds(cookiecutter) | tojson }}"""
+    r"""{{ doctor_builds(cookiecutter) | tojson }}"""
 )
 # fmt: on
 FRAMEWORK = "{{ cookiecutter.framework }}"
@@ -71,21 +71,15 @@ def version_tuple(text: str) -> tuple[int, ...]:
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess | None:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    return setup_env.run(cmd)
 
 
 def read_env() -> dict[str, str] | None:
     path = PROJECT / ".env"
     if not path.is_file():
         return None
-    values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
+    # Read as `make up` and Compose read it (quotes, trailing comments).
+    values = setup_env.parse_env(path.read_text(encoding="utf-8"))
     return {**values, **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
 
 
