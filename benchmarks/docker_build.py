@@ -1,7 +1,9 @@
 """Measures what users wait for: cold build, image size, `up` until Jupyter answers, and
 rebuilds after a change to src/ and after adding one dependency (`make lock`, then the
 rebuild), against the floor: one layer FROM the old image installing the same package,
-what any rebuild must at least cost. Prints figures only, and the rebuild/floor ratio.
+what any rebuild must at least cost. Also: `make lock` + rebuild + `up` until Jupyter
+answers again, what the rebuild leaves behind (bytes only the old image holds), and a
+teammate's build (another uid) with the bytes only it holds. Prints figures only.
 
     python benchmarks/docker_build.py [--cold] [--base-image local/debian:trixie]
         [--ca-bundle /etc/ssl/certs/ca-certificates.crt] [answer=value ...]
@@ -26,8 +28,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 from cookiecutter.main import cookiecutter
+from engine import unique_bytes
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> float:
@@ -60,11 +64,12 @@ ADD_TQDM = {
 
 
 BEFORE = "benchmark-before:tmp"
+TEAMMATE = "benchmark-teammate:tmp"
 
 
 def floor(docker: str, image: str, project: Path, env: dict, env_file: dict) -> float:
     """What any rebuild after adding tqdm must at least cost: one layer FROM the image as
-    it was, installing the same locked tqdm into /opt/venv (the image's user owns it), with
+    it was, installing the same locked tqdm into /opt/venv as the image's user, with
     the same CA secret. Built in a folder of its own and removed again."""
     lock = (project / "uv.lock").read_text() if (project / "uv.lock").is_file() else ""
     match = re.search(r'name = "tqdm"\nversion = "([^"]+)"', lock) or re.search(
@@ -82,7 +87,16 @@ def floor(docker: str, image: str, project: Path, env: dict, env_file: dict) -> 
         (Path(context) / "Dockerfile").write_text(
             f"FROM {image}\nRUN --mount=type=secret,id=ca_bundle,uid={uid} with-build-ca sh -c '{install}'\n"
         )
-        cmd = [docker, "build", "-q", "-t", "benchmark-floor:tmp", "--secret", f"id=ca_bundle,src={env['CA_BUNDLE']}"]
+        cmd = [
+            docker,
+            "build",
+            "-q",
+            "--no-cache",
+            "-t",
+            "benchmark-floor:tmp",
+            "--secret",
+            f"id=ca_bundle,src={env['CA_BUNDLE']}",
+        ]
         seconds = sh([*cmd, context], Path(context), {**env, "DOCKER_BUILDKIT": "1"})
         subprocess.run([docker, "image", "rm", "-f", "benchmark-floor:tmp"], capture_output=True, check=False)
     return seconds
@@ -134,12 +148,26 @@ def main() -> int:
             # The image as it was, under a name of its own (BuildKit resolves FROM by name).
             sh([docker, "tag", env_file["IMAGE_NAME"], BEFORE], project, env)
             figures["rebuild after adding tqdm"] = sh([*compose, "build"], project, env)
+            start = time.monotonic()
+            sh([*compose, "up", "-d"], project, env)
+            figures["up -> Jupyter 200 again (s)"] = (time.monotonic() - start) + jupyter_ready(
+                int(env_file["JUPYTER_HOST_PORT"]), env_file["JUPYTER_TOKEN"]
+            )
+            figures["make lock + rebuild + Jupyter (s)"] = (
+                figures["make lock after adding tqdm"]
+                + figures["rebuild after adding tqdm"]
+                + figures["up -> Jupyter 200 again (s)"]
+            )
+            figures["only in the old image (MB)"] = unique_bytes(BEFORE) / 1e6
             figures["floor: tqdm into the built image"] = floor(docker, BEFORE, project, env, env_file)
             figures["rebuild / floor"] = (
                 figures["rebuild after adding tqdm"] / figures["floor: tqdm into the built image"]
             )
+            teammate = {**env, "USER_UID": "4321", "USER_GID": "4321", "IMAGE_NAME": TEAMMATE}
+            figures["teammate's build, uid 4321"] = sh([*compose, "build"], project, teammate)
+            figures["only in the teammate's image (MB)"] = unique_bytes(TEAMMATE) / 1e6
         finally:
-            subprocess.run([docker, "image", "rm", "-f", BEFORE], capture_output=True, check=False)
+            subprocess.run([docker, "image", "rm", "-f", BEFORE, TEAMMATE], capture_output=True, check=False)
             subprocess.run(
                 [*compose, "--profile", "tools", "down", "-v", "--rmi", "all"],
                 cwd=project,
@@ -148,7 +176,7 @@ def main() -> int:
                 check=False,
             )
     for name, value in figures.items():
-        unit = "" if "GB" in name else ("x" if name == "rebuild / floor" else " s")
+        unit = "" if "GB" in name or "MB" in name else ("x" if name == "rebuild / floor" else " s")
         print(f"{name:<36} {value:8.2f}{unit}")
     print(json.dumps({"answers": answers, **figures}))
     return 0

@@ -28,12 +28,13 @@ PROJECT_TEMPLATE = REPO_DIR / "{{cookiecutter.project_slug}}"
 # Pre-resolved locks, one folder per combination; included into the project by Jinja.
 LOCKS_DIR = REPO_DIR / "templates" / "locks"
 
-# The files each dependency manager owns in a generated project:
-# (its input, its lock, the hash-pinned requirements that install the tool itself).
+# The files each dependency manager owns in a generated project: its input, its lock,
+# and the hash-pinned requirements of the tools the image installs (uv installs the
+# environment for every manager).
 MANAGER_FILES = {
     "uv": ("pyproject.toml", "uv.lock", "docker/uv-requirements.txt"),
     "pip": ("requirements.in", "requirements.txt", "docker/uv-requirements.txt"),
-    "poetry": ("pyproject.toml", "poetry.lock", "docker/poetry-requirements.txt"),
+    "poetry": ("pyproject.toml", "poetry.lock", "docker/poetry-requirements.txt", "docker/uv-requirements.txt"),
 }
 
 # The generated README's languages: the answer, and its label (the first is the default).
@@ -192,6 +193,17 @@ def requirements(answers: dict, table: dict | None = None) -> list[str]:
         for name, version in build["packages"].items()
     ]
     return [*pinned, f"numpy{build['numpy']}", *table["common_requirements"]]
+
+
+def env_layers(answers: dict, table: dict | None = None) -> list[tuple[str, list[str]]]:
+    """The image's environment layers below the project's own packages, lowest first,
+    each named with the packages whose dependency closure it holds (docker/env_layers.py):
+    the framework, which changes least and weighs most, then NumPy and the tools every
+    project installs. What a project adds goes in a last layer of its own."""
+    table = table or load_table()
+    build = build_spec(table, answers["framework"], answers["cuda_version"])
+    common = [re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0] for requirement in table["common_requirements"]]
+    return [("framework", list(build["packages"])), ("common", ["numpy", *common])]
 
 
 def shipped_lock(key: str, manager: str) -> Path:
@@ -805,6 +817,8 @@ def install_jinja(environment) -> None:
     environment.globals["template_rules_dir"] = str(Path(__file__).resolve().parent)
     # The project's direct dependencies, for pyproject.toml and requirements.in.
     environment.globals["requirements"] = lambda answers: requirements(dict(answers))
+    # The environment's layers below the project's own packages, for the Dockerfile.
+    environment.globals["env_layers"] = lambda answers: env_layers(dict(answers))
     # Each manager's (input, lock, tool requirements) file names.
     environment.globals["manager_files"] = MANAGER_FILES
     # .cruft.json's content: where the project came from, for `cruft update`.

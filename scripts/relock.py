@@ -95,7 +95,7 @@ def lock_one(key: str, check: bool, upgrade: bool) -> bool:
     """Lock (or check) one combination with the project's own docker/lock script."""
     answers = parse_key(key)
     manager = answers["dependency_manager"]
-    input_name, lock_name, _ = template_rules.MANAGER_FILES[manager]
+    input_name, lock_name, *_ = template_rules.MANAGER_FILES[manager]
     shipped = template_rules.shipped_lock(key, manager)
     if check and not shipped.is_file():
         print(f"MISSING {key}: no lock shipped", file=sys.stderr)

@@ -7,6 +7,7 @@ because a skipped Docker tier proves nothing about `docker compose up`.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import http.server
@@ -185,6 +186,26 @@ def serve_index(root: Path, wheels: list[Path]) -> LocalIndex:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return LocalIndex(f"http://127.0.0.1:{server.server_port}/simple", digests, server)
+
+
+def make_wheel(directory: Path, name: str, version: str) -> Path:
+    """A one-module pure-Python wheel (PEP 427) whose module prints its version: a package
+    a user installs by hand, with no index and no network."""
+    files = {
+        f"{name}.py": f"VERSION = {version!r}\n",
+        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},{len(text.encode())}"
+        for path, text in files.items()
+    ]
+    files[f"{name}-{version}.dist-info/RECORD"] = "\n".join([*record, f"{name}-{version}.dist-info/RECORD,,"]) + "\n"
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
 
 
 # ---------------------------------------------------------------------------------------

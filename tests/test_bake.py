@@ -41,10 +41,13 @@ COMMON_FILES = {
     "docker/compose-up",
     "docker/jupyter_server_config.py",
     "docker/doctor.py",
+    "docker/env_layers.py",
+    "docker/install-layer",
     "docker/setup_env.py",
     "docker/kernel.json",
     "docker/lock",
     "docker/no-extra-ca.pem",
+    "docker/share-env",
     "docker/with-build-ca",
     "gpu_test.py",
     "notebooks/gpu_check.ipynb",
@@ -151,7 +154,13 @@ def test_every_structured_file_parses(default_project):
 
 
 def test_helper_scripts_are_executable(default_project):
-    for name in ("docker/with-build-ca", "docker/lock", ".devcontainer/select-gpu"):
+    for name in (
+        "docker/with-build-ca",
+        "docker/lock",
+        "docker/install-layer",
+        "docker/share-env",
+        ".devcontainer/select-gpu",
+    ):
         assert (default_project / name).stat().st_mode & stat.S_IXUSR, name
 
 
@@ -261,7 +270,8 @@ def test_generated_files_pass_the_linters(bake, key):
     project = bake(**answers_for(key)).project_path
     checks = [
         [tool("hadolint"), "Dockerfile"],  # .hadolint.yaml: fail on warnings too
-        [tool("shellcheck"), "docker/with-build-ca", "docker/lock", "docker/compose-up", ".devcontainer/select-gpu"],
+        [tool("shellcheck"), "docker/with-build-ca", "docker/lock", "docker/compose-up", "docker/install-layer",
+         "docker/share-env", ".devcontainer/select-gpu"],
         [tool("ruff"), "check", "."],
         [tool("ruff"), "format", "--check", "."],
         [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml"],
@@ -436,3 +446,17 @@ def test_generation_works_offline_from_a_relative_path(tmp_path, manager, cuda):
     BENCHMARKS.append(f"offline generation ({manager}, CUDA {cuda or 'default'}): {time.monotonic() - start:.2f} s")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "gpu_lab" / template_rules.MANAGER_FILES[manager][1]).is_file()
+
+
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_the_environment_layers_come_before_any_uid(bake, manager):
+    """Every step that installs the environment precedes the uid's ARG, so its cache keys
+    hold no uid: a teammate's build reuses them all. The layers are installed from the
+    lock's parts in order: framework, common, then the project's own."""
+    dockerfile = (bake(dependency_manager=manager).project_path / "Dockerfile").read_text()
+    user = dockerfile.index("ARG USER_UID")
+    steps = [dockerfile.index(f"/tmp/layers/{part}.txt") for part in ("framework", "common")]
+    last = dockerfile.index("uv sync" if manager == "uv" else "install-layer /tmp/layers/project.txt")
+    assert steps[0] < steps[1] < last < user
+    assert "USER_UID" not in dockerfile[:user] and "chown" not in dockerfile
+    assert "\nUSER ${USER_UID}\n" in dockerfile

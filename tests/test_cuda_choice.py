@@ -204,7 +204,7 @@ def test_locking_without_the_index_fails_naming_it_and_changes_nothing(bake, tmp
     from test_bake import lock_tools_env
 
     project = bake(cuda_version="12.6", dependency_manager=manager).project_path
-    input_name, lock_name, _ = template_rules.MANAGER_FILES[manager]
+    input_name, lock_name, *_ = template_rules.MANAGER_FILES[manager]
     index = TABLE["frameworks"]["pytorch"]["cuda"]["12.6"]["index_url"]
     if how == "index down":
         with socket.socket() as probe:  # a port nothing listens on

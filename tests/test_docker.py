@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BENCHMARKS, TEMPLATE, run, template_rules
+from conftest import BENCHMARKS, TEMPLATE, make_wheel, run, template_rules
 from cookiecutter.main import cookiecutter
+from engine import layers, unique_bytes
+from test_bake import INPUT_EDIT
 from test_gpu_test import gpu_test
 from test_readme import readme_block
 
@@ -291,18 +293,68 @@ def test_image_holds_exactly_the_locked_packages(project):
     assert (report["missing"], report["unexpected"], report["wrong_version"]) == ({}, {}, {})
 
 
-def test_make_lock_adds_a_dependency(project):
+def test_a_stale_lock_stops_the_build_before_anything_is_installed(project):
+    """The layers stage checks the lock first: an input the lock does not cover stops the
+    build with the lock's own message, naming `make lock`."""
+    name, old, new = INPUT_EDIT[project.manager]
+    path = project.path / name
+    text = path.read_text()
+    path.write_text(text.replace(old, new))
+    try:
+        result = project.compose("--progress", "plain", "build", check=False)
+    finally:
+        path.write_text(text)
+    assert result.returncode != 0
+    lock = template_rules.MANAGER_FILES[project.manager][1]
+    assert f"{lock} does not match {name}: run `make lock`, then build again." in result.stdout + result.stderr
+
+
+# A small package of the framework's layer (installed as root, below the user's layer).
+FRAMEWORK_LEAF = {"pytorch": "filelock", "tensorflow": "termcolor"}
+
+
+def hand_install(project: RunningProject, wheel: str) -> list[str]:
+    if project.manager == "uv":
+        return ["uv", "pip", "install", "--offline", "--no-index", "--python", "/opt/venv/bin/python", wheel]
+    return ["pip", "install", "--no-index", "--no-deps", "--disable-pip-version-check", wheel]
+
+
+def test_the_environment_belongs_to_no_uid_and_the_user_changes_it_by_hand(project):
+    """The environment's layers hold no uid (its directories: group "venv", writable), so
+    the container user, whatever its uid, installs a package by hand and removes one that
+    the image installed as root (an upgrade does both). Before the rebuild of the next
+    test: it leaves the container's environment changed."""
+    # In the image as built (a running container adds the user's own bytecode caches).
+    find = "find /opt/venv \\( -type d ! -group venv \\) -o \\( -type d ! -perm -g+w \\) -o -user $(id -u)"
+    image = run([project.docker, "run", "--rm", "--entrypoint", "sh", project.image, "-c", f"{find} | head -n 5"])
+    assert (image.returncode, image.stdout) == (0, ""), image.stderr
+    assert "venv" in project.exec("id", "-Gn").stdout.split()
+    make_wheel(project.path / "cache", "handmade", "1.0")
+    project.exec(*hand_install(project, "/workspace/cache/handmade-1.0-py3-none-any.whl"))
+    assert project.exec("python", "-c", "import handmade; print(handmade.VERSION)").stdout == "1.0\n"
+    leaf = FRAMEWORK_LEAF[project.framework]
+    owner = project.exec("python", "-c", f"import {leaf}, os; print(os.stat({leaf}.__file__).st_uid)").stdout
+    assert owner.strip() == "0"  # the image installed it: the user removes root's files
+    if project.manager == "uv":
+        remove = ["uv", "pip", "uninstall", "--python", "/opt/venv/bin/python", leaf]
+    else:
+        remove = ["pip", "uninstall", "--yes", "--disable-pip-version-check", leaf]
+    project.exec(*remove)
+    assert project.exec("python", "-c", f"import {leaf}", check=False).returncode != 0
+
+
+def test_make_lock_adds_a_dependency(project, docker_env):
     """Add a dependency, `make lock` (resolved in the tools stage, for the container's
-    platforms), rebuild: the new package is importable. The lock moves only for it."""
-    name, old, new = {
-        "uv": ("pyproject.toml", '    "numpy>=1.26",\n', '    "numpy>=1.26",\n    "tqdm",\n'),
-        "pip": ("requirements.in", "numpy>=1.26\n", "numpy>=1.26\ntqdm\n"),
-        "poetry": ("pyproject.toml", '    "numpy>=1.26",\n', '    "numpy>=1.26",\n    "tqdm",\n'),
-    }[project.manager]
+    platforms), rebuild: the new package is importable. The lock moves only for it, and
+    the rebuild installs it in a layer of its own: the framework and Jupyter layers are
+    the old image's, which keeps only a few MB of its own."""
+    name, old, new = INPUT_EDIT[project.manager]
     lock = project.path / template_rules.MANAGER_FILES[project.manager][1]
     before = lock.read_text()
     (project.path / name).write_text((project.path / name).read_text().replace(old, new))
     compose = f"{project.docker} compose"
+    old_layers = layers(project.image)
+    run([docker_env.cli, "tag", project.image, f"{project.image}-before-tqdm"])
     start = time.monotonic()
     result = run(["make", "lock", f"COMPOSE={compose}"], cwd=project.path, env=project.env)
     lock_seconds = time.monotonic() - start
@@ -313,8 +365,19 @@ def test_make_lock_adds_a_dependency(project):
     rebuild_seconds = time.monotonic() - start
     wait_for_jupyter(project)
     assert project.exec("python", "-c", "import tqdm; print(tqdm.__version__)").returncode == 0
+    try:
+        left_behind = unique_bytes(f"{project.image}-before-tqdm")
+    finally:
+        run([docker_env.cli, "image", "rm", f"{project.image}-before-tqdm"])
+    new_layers = layers(project.image)
+    shared = next((i for i, (old, new) in enumerate(zip(old_layers, new_layers)) if old != new), len(old_layers))
+    # Kept: the base, the tools, the framework, NumPy and Jupyter, the kernel files; new:
+    # the project's own layer, and the user's and WORKDIR's above it.
+    assert shared >= len(old_layers) - 3, (shared, len(old_layers))
+    assert left_behind < 5e6, left_behind
     BENCHMARKS.append(
-        f"{project.name}: make lock {lock_seconds:.1f} s, rebuild after adding tqdm {rebuild_seconds:.0f} s"
+        f"{project.name}: make lock {lock_seconds:.1f} s, rebuild after adding tqdm {rebuild_seconds:.1f} s, "
+        f"{left_behind / 1e6:.2f} MB only in the old image"
     )
 
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BENCHMARKS, TEMPLATE, run
+from conftest import BENCHMARKS, TEMPLATE, make_wheel, run
 from cookiecutter.main import cookiecutter
+from engine import layers, unique_bytes
 from test_docker import http_status, remove_images_and_layers
 from test_readme import readme_block
 
@@ -159,6 +160,22 @@ def test_two_clones_run_side_by_side_each_as_its_own_user(clones, docker_env):
         assert (info.st_uid, info.st_gid) == (clone.uid, clone.uid)
     images = run([docker_env.cli, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split()
     assert one["IMAGE_NAME"] in images and two["IMAGE_NAME"] in images
+    # One environment on disk for both: the images differ in the user's layer only, and
+    # the second clone's user, another uid, installs a package into it by hand.
+    first_layers, second_layers = layers(one["IMAGE_NAME"]), layers(two["IMAGE_NAME"])
+    pairs = list(zip(first_layers, second_layers))
+    shared = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
+    assert len(first_layers) - 2 <= shared < len(first_layers), (shared, len(first_layers))
+    assert unique_bytes(two["IMAGE_NAME"]) < 1e6
+    make_wheel(second.path / "cache", "handmade", "1.0")
+    os.chown(second.path / "cache" / "handmade-1.0-py3-none-any.whl", second.uid, second.uid)
+    wheel = "/workspace/cache/handmade-1.0-py3-none-any.whl"
+    installed = second.compose(
+        docker_env.cli, "exec", "-T", "lab", "uv", "pip", "install", "--offline", "--no-index", wheel
+    )
+    assert installed.returncode == 0, installed.stderr
+    imported = second.compose(docker_env.cli, "exec", "-T", "lab", "python", "-c", "import handmade")
+    assert imported.returncode == 0, imported.stderr
 
     # `make down` in one clone leaves the other running.
     down = first.make("down")

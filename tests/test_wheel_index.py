@@ -83,7 +83,7 @@ def index_build(local_index, monkeypatch, tmp_path_factory):
 def lock(manager: str, tmp_path: Path) -> Path:
     key = f"pytorch-cu126-py3.11-{manager}"
     answers = relock.parse_key(key)
-    input_name, lock_name, _ = template_rules.MANAGER_FILES[manager]
+    input_name, lock_name, *_ = template_rules.MANAGER_FILES[manager]
     relock.render(answers, tmp_path, [input_name, "docker/lock"])
     env = relock.tool_env(relock.find_python("3.11"))
     result = relock.subprocess.run(

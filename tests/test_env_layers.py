@@ -1,0 +1,152 @@
+"""docker/env_layers.py: the lock split into the image's environment layers, for every
+shipped lock. The layers are exactly the lock between them (each locked package once, at
+its locked version, with its hashes), the framework's closure is the lowest layer, and a
+package the project adds changes the last layer only, so the layers below stay cached.
+The Docker tier builds images from these files; here the split itself is checked."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import TEMPLATE, template_rules, tool
+
+SCRIPT = TEMPLATE / "{{cookiecutter.project_slug}}" / "docker" / "env_layers.py"
+KEYS = sorted(path.name for path in template_rules.LOCKS_DIR.iterdir())
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", re.MULTILINE)
+
+
+def split(tmp_path, lock, *extra: str, framework="torch,torchvision") -> dict[str, str]:
+    out = tmp_path / "layers"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(lock), str(out), *extra, f"framework={framework}",
+         "common=numpy,jupyterlab,ipykernel,ipywidgets,matplotlib", "project"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return {name: (out / f"{name}.txt").read_text() for name in ("framework", "common", "project")}
+
+
+def pins(text: str) -> list[tuple[str, str]]:
+    return [(re.sub(r"[-_.]+", "-", name).lower(), version) for name, version in PIN.findall(text)]
+
+
+def export(bake, key: str) -> str:
+    """The lock of a shipped key's generated project, as requirements text."""
+    framework, cuda, python, manager = re.match(r"(\w+)-cu(\d+)-py([\d.]+)-(\w+)", key).groups()
+    baked = bake(framework=framework, cuda_version=f"{cuda[:-1]}.{cuda[-1]}", python_version=python,
+                 dependency_manager=manager)  # fmt: skip
+    assert baked.exit_code == 0, baked.output
+    if manager == "uv":
+        text = subprocess.run(
+            [tool("uv"), "export", "--frozen", "--no-emit-project", "--emit-index-url", "--no-header", "--quiet"],
+            cwd=baked.project_path, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return text
+    return (baked.project_path / "requirements.txt").read_text()
+
+
+@pytest.mark.parametrize("key", [key for key in KEYS if not key.endswith("-poetry")])
+def test_the_layers_hold_the_lock_exactly_once_with_the_framework_lowest(bake, tmp_path, key):
+    text = export(bake, key)
+    framework = "tensorflow" if key.startswith("tensorflow") else "torch,torchvision"
+    (tmp_path / "lock.txt").write_text(text)
+    layers = split(tmp_path, tmp_path / "lock.txt", framework=framework)
+    # Every locked package version exactly once, and nothing else.
+    assert sorted(pins("".join(layers.values()))) == sorted(pins(text))
+    # Each package with every hash the lock gives it.
+    for block in re.split(r"\n(?=\S)", text):
+        if PIN.match(block):
+            hashes = re.findall(r"--hash=\S+", block)
+            assert all(h in "".join(layers.values()) for h in hashes)
+    framework_names = {name for name, _ in pins(layers["framework"])}
+    cuda_libraries = {name for name, _ in pins(text) if name.startswith("nvidia-")}
+    assert framework_names >= {*framework.replace(",", " ").split(), *cuda_libraries}
+    assert "jupyterlab" in {name for name, _ in pins(layers["common"])}
+    # A project as generated adds nothing of its own.
+    assert pins(layers["project"]) == []
+    # No comments: only the packages of a layer make its content.
+    assert "#" not in "".join(layers.values())
+
+
+@pytest.mark.parametrize("key", [key for key in KEYS if key.endswith("py3.10-poetry")])
+def test_poetry_layers_hold_exactly_what_poetry_installs(bake, tmp_path, key):
+    """poetry.lock locks some nvidia-* libraries twice under overlapping markers: the
+    layers take poetry's own choice for this Python (a dry run into an empty environment,
+    as the image build does; this machine's Python 3.11 is in the 3.10 locks' range)."""
+    framework, cuda, python, manager = re.match(r"(\w+)-cu(\d+)-py([\d.]+)-(\w+)", key).groups()
+    baked = bake(framework=framework, cuda_version=f"{cuda[:-1]}.{cuda[-1]}", python_version=python,
+                 dependency_manager=manager)  # fmt: skip
+    empty = tmp_path / "empty"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(empty)], check=True)
+    env = {"PATH": "/usr/bin:/bin", "VIRTUAL_ENV": str(empty), "POETRY_VIRTUALENVS_CREATE": "false",
+           "POETRY_INSTALLER_RE_RESOLVE": "true", "HOME": str(tmp_path)}  # fmt: skip
+    dry_run = subprocess.run(
+        [tool("poetry"), "sync", "--no-root", "--dry-run", "--no-interaction", "--no-ansi"],
+        cwd=baked.project_path, env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    (tmp_path / "installs.txt").write_text(dry_run)
+    lock = baked.project_path / "poetry.lock"
+    layers = split(tmp_path, lock, "--poetry-installs", str(tmp_path / "installs.txt"),
+                   framework="tensorflow" if framework == "tensorflow" else "torch,torchvision")  # fmt: skip
+    installs = re.findall(r"Installing (\S+) \(([^\s)]+)\)", dry_run)
+    assert len(installs) > 100
+    layered = pins("".join(layers.values()))
+    assert sorted(layered) == sorted((re.sub(r"[-_.]+", "-", n).lower(), v) for n, v in installs)
+    assert len({name for name, _ in layered}) == len(layered)  # one version of each
+    assert layers["framework"].startswith("--index-url https://pypi.org/simple\n")
+
+
+def test_a_package_the_project_adds_changes_the_last_layer_only(tmp_path):
+    """The layers below keep their exact bytes (BuildKit's cache key), even though the
+    lock's annotations of a shared dependency change too."""
+    lock = (template_rules.LOCKS_DIR / "pytorch-cu130-py3.12-pip" / "requirements.txt").read_text()
+    before = split(tmp_path / "a", _write(tmp_path / "a.txt", lock))
+    added = lock.replace("    # via\n    #   jupyter-server\n", "    # via\n    #   jupyter-server\n    #   tqdm\n", 1)
+    added += "tqdm==4.67.1 \\\n    --hash=sha256:26445eca388f82e72884e0d580d5464cd801a3ea01e63e5601bdff9ba6a48de2\n"
+    added += "    # via -r requirements.in\n"
+    assert "#   tqdm" in added
+    after = split(tmp_path / "b", _write(tmp_path / "b.txt", added))
+    assert after["framework"] == before["framework"] and after["common"] == before["common"]
+    assert pins(after["project"]) == [("tqdm", "4.67.1")]
+
+
+def test_index_options_lead_every_layer(tmp_path):
+    """A build from PyTorch's index: each layer's install finds torch there, and the rest
+    on PyPI, whichever layer it is in."""
+    text = (
+        "--index-url https://pypi.org/simple\n--extra-index-url https://download.pytorch.org/whl/cu126\n\n"
+        "torch==2.14.1+cu126 \\\n    --hash=sha256:aa\n    # via -r requirements.in\n"
+        "filelock==3.20.0 \\\n    --hash=sha256:bb\n    # via torch\n"
+        "numpy==2.3.4 \\\n    --hash=sha256:cc\n    # via -r requirements.in\n"
+    )
+    layers = split(tmp_path, _write(tmp_path / "lock.txt", text))
+    for content in layers.values():
+        assert content.startswith(
+            "--index-url https://pypi.org/simple\n--extra-index-url https://download.pytorch.org/whl/cu126\n"
+        )
+    assert pins(layers["framework"]) == [("filelock", "3.20.0"), ("torch", "2.14.1+cu126")]
+    assert pins(layers["common"]) == [("numpy", "2.3.4")]
+    assert layers["framework"].endswith("--hash=sha256:aa\n")  # the last hash ends the line
+
+
+def test_a_call_without_layers_prints_its_usage(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "lock.txt"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert "env_layers.py LOCK OUTDIR" in result.stderr
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow"])
+def test_the_layer_roots_come_from_the_table(framework):
+    table = template_rules.load_table()
+    cuda = table["defaults"]["cuda_version"][framework]
+    layers = dict(template_rules.env_layers({"framework": framework, "cuda_version": cuda}))
+    assert layers["framework"] == list(table["frameworks"][framework]["packages"])
+    assert layers["common"] == ["numpy", "jupyterlab", "ipykernel", "ipywidgets", "matplotlib"]
+
+
+def _write(path, text: str):
+    path.write_text(text)
+    return path
