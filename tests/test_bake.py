@@ -45,6 +45,7 @@ COMMON_FILES = {
     "docker/install-layer",
     "docker/setup_env.py",
     "docker/kernel.json",
+    "docker/lab-overrides.json",
     "docker/lock",
     "docker/no-extra-ca.pem",
     "docker/share-env",

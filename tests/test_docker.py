@@ -209,9 +209,23 @@ def test_jupyter_offers_the_project_kernel(project):
     with urllib.request.urlopen(request, timeout=5) as response:
         specs = json.load(response)
     assert specs["default"] == project.slug
+    # The only one: not also ipykernel's "Python 3 (ipykernel)" for the same interpreter.
+    assert list(specs["kernelspecs"]) == [project.slug]
     spec = specs["kernelspecs"][project.slug]["spec"]
     assert spec["display_name"] == f"Python ({project.name})"
     assert spec["argv"][0] == "/opt/venv/bin/python"
+
+
+def test_jupyterlab_asks_no_user_about_news_or_updates(project):
+    """The image's overrides.json turns JupyterLab's first-visit prompt ("get notified
+    about official Jupyter news?") and its update check off for every user."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{project.host_port}/lab/api/settings/@jupyterlab/apputils-extension:notification",
+        headers={"Authorization": f"token {project.token}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        defaults = json.load(response)["schema"]["properties"]
+    assert (defaults["fetchNews"]["default"], defaults["checkForUpdates"]["default"]) == ("false", False)
 
 
 def test_container_runs_as_the_configured_user(project):

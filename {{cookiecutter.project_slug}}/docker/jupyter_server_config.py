@@ -22,5 +22,9 @@ if bind_address not in ("127.0.0.1", "localhost", "::1"):
         "to undo.",
         flush=True,
     )
-# New notebooks start on the project's kernel.
+# New notebooks start on the project's kernel, the only one offered: ipykernel's own
+# "Python 3 (ipykernel)" runs the same interpreter under another name, and learners
+# told to pick the project's kernel would see two.
 c.MappingKernelManager.default_kernel_name = "{{ cookiecutter.project_slug }}"
+c.KernelSpecManager.ensure_native_kernel = False
+c.KernelSpecManager.allowed_kernelspecs = {"{{ cookiecutter.project_slug }}"}
