@@ -69,7 +69,8 @@ def read_requirements(text: str) -> Lock:
     def finish() -> None:
         if name:
             version = re.match(r"^[^=\s;]+==([^\s;\\]+)", block[0]).group(1)
-            lock.add(name, version, "\n".join(block).rstrip(" \\"))
+            # The last hash line of a block must not continue the line.
+            lock.add(name, version, "\n".join(block).rstrip().rstrip("\\").rstrip())
 
     for line in text.splitlines():
         stripped = line.strip()
@@ -94,9 +95,6 @@ def read_requirements(text: str) -> Lock:
         else:
             via_open = False
     finish()
-    # The last hash line of a block must not continue the line.
-    for name, versions in lock.blocks.items():
-        lock.blocks[name] = [(version, block.rstrip().rstrip("\\").rstrip()) for version, block in versions]
     return lock
 
 
