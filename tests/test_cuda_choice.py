@@ -88,7 +88,7 @@ def test_the_default_prefers_builds_with_a_shipped_lock(tmp_path, monkeypatch):
     """Without 13.0's locks, an H100 on 595 gets 13.2 (the newest it runs), not 12.8."""
     locks = tmp_path / "locks"
     (locks / "pytorch-cu128-py3.12-uv").mkdir(parents=True)
-    monkeypatch.setattr(template_rules, "LOCKS_DIR", locks)
+    monkeypatch.setattr(template_rules.table, "LOCKS_DIR", locks)
     host = template_rules.HostGPUs("595.58.03", ("9.0",))
     assert template_rules.default_cuda("pytorch", host) == "12.8"  # locked beats newer
     (locks / "pytorch-cu128-py3.12-uv").rmdir()

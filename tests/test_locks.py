@@ -28,7 +28,7 @@ def locks_copy(tmp_path, monkeypatch):
     """The shipped locks, copied, so a test may edit them."""
     copy = tmp_path / "locks"
     shutil.copytree(template_rules.LOCKS_DIR, copy)
-    monkeypatch.setattr(template_rules, "LOCKS_DIR", copy)
+    monkeypatch.setattr(template_rules.table, "LOCKS_DIR", copy)
     return copy
 
 

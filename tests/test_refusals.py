@@ -101,7 +101,7 @@ def test_combination_not_built_yet_is_refused(tmp_path, monkeypatch):
     locks = tmp_path / "locks"
     (locks / "pytorch-cu128-py3.12-uv").mkdir(parents=True)
     (locks / "pytorch-cu128-py3.12-uv" / "uv.lock").write_text("")
-    monkeypatch.setattr(template_rules, "LOCKS_DIR", locks)
+    monkeypatch.setattr(template_rules.table, "LOCKS_DIR", locks)
     answers = {
         "project_name": "GPU Lab", "project_slug": "gpu_lab", "framework": "pytorch", "cuda_version": "13.0",
         "python_version": "3.12", "jupyter_host_port": "18888", "jupyter_container_port": "8888",

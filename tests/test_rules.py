@@ -102,12 +102,12 @@ def test_host_driver_reads_nvidia_smi(tmp_path, monkeypatch, body, expected):
 
 def test_host_driver_gives_up_on_a_hung_nvidia_smi(tmp_path, monkeypatch):
     fake_nvidia_smi(tmp_path, monkeypatch, "sleep 30")
-    monkeypatch.setattr(template_rules, "NVIDIA_SMI_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(template_rules.host, "NVIDIA_SMI_TIMEOUT_S", 0.5)
     assert template_rules.host_driver() is None
 
 
 def test_host_driver_is_none_without_nvidia_smi(monkeypatch):
-    monkeypatch.setattr(template_rules.shutil, "which", lambda name: None)
+    monkeypatch.setattr(template_rules.host.shutil, "which", lambda name: None)
     assert template_rules.host_driver() is None
 
 

@@ -68,7 +68,7 @@ def index_build(local_index, monkeypatch, tmp_path_factory):
     table["python"]["3.11"] = {"ubuntu": "24.04"}
     table["common_requirements"] = ["filelock"]  # the decoy's name, asked for directly
     table["lock_platforms"] = ["sys_platform == 'linux' and platform_machine == 'x86_64'"]
-    monkeypatch.setattr(template_rules, "load_table", lambda path=None: table)
+    monkeypatch.setattr(template_rules.table, "load_table", lambda path=None: table)
     # Rendering reads the rules through the Jinja extension, which loads them afresh from
     # disk: make it use this (patched) module instead.
     monkeypatch.setattr(template_jinja, "load_rules", lambda: template_rules)
