@@ -159,3 +159,72 @@ def test_gpu_requested_without_the_container_toolkit(bake, tmp_path):
     code, out = doctor(project, path, DRIVER="590.10.01", NAME="NVIDIA H200", CC="9.0", COMPOSE_FILE=GPU_FILES)
     assert code == 1 and "Docker has no NVIDIA runtime" in out and "COMPOSE_FILE=compose.yaml" in out
     assert "ok    driver 590.10.01 (NVIDIA H200) runs CUDA 13.0" in out
+
+
+def set_env_line(project: Path, key: str, value: bytes) -> int:
+    """Replace KEY's line in .env with KEY=value (raw bytes); its line number."""
+    env = project / ".env"
+    lines = env.read_bytes().split(b"\n")
+    number = next(i for i, line in enumerate(lines) if line.startswith(key.encode() + b"="))
+    lines[number] = key.encode() + b"=" + value
+    env.write_bytes(b"\n".join(lines))
+    return number + 1
+
+
+# (key, value, what doctor must say after "`.env` line N: ", and in the fix)
+BAD_ENV_VALUES = [
+    (
+        "JUPYTER_HOST_PORT",
+        b"88a8",
+        "JUPYTER_HOST_PORT='88a8' is not a port (1-65535)",
+        "set it to a free port, such as ",
+    ),
+    ("JUPYTER_HOST_PORT", b"70000", "JUPYTER_HOST_PORT='70000' is not a port (1-65535)", "free port"),
+    ("JUPYTER_HOST_PORT", b"0", "JUPYTER_HOST_PORT='0' is not a port (1-65535)", "free port"),
+    ("JUPYTER_HOST_PORT", b"", "JUPYTER_HOST_PORT='' is not a port (1-65535)", "free port"),
+    # str.isdigit() says yes to these, int() then fails (or Compose does).
+    ("JUPYTER_HOST_PORT", "8²".encode(), "JUPYTER_HOST_PORT='8²' is not a port (1-65535)", "free port"),
+    ("JUPYTER_HOST_PORT", "８８８８".encode(), "JUPYTER_HOST_PORT='８８８８' is not a port", "free port"),
+    (
+        "USER_UID",
+        b"abc",
+        "USER_UID='abc' is not an id (a number from 1 to 4294967294, no leading zeros)",
+        "set USER_UID=",
+    ),
+    ("USER_UID", b"0501", "USER_UID='0501' is not an id", "(`id -u` on the host)"),
+    ("USER_UID", b"0", "USER_UID='0' is root's id in every base image", "set USER_UID="),
+    ("USER_GID", b"1.5", "USER_GID='1.5' is not an id", "(`id -g` on the host)"),
+    ("USER_GID", b"99999999999", "USER_GID='99999999999' is not an id", "set USER_GID="),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "problem", "fix"), BAD_ENV_VALUES, ids=lambda v: repr(v)[:30])
+def test_a_malformed_env_value_is_a_failure_naming_its_line(cpu_project, tmp_path, key, value, problem, fix):
+    number = set_env_line(cpu_project, key, value)
+    code, out = doctor(cpu_project, fake_bin(tmp_path, docker=FAKE_DOCKER))
+    assert code == 1 and "Traceback" not in out, out
+    assert f"FAIL  `.env` line {number}: {problem}" in out
+    fix_line = out.split(f"`.env` line {number}:")[1].splitlines()[1]
+    assert fix_line.strip().startswith("fix: ") and fix in fix_line
+    # The other checks still run, on the values that are sound.
+    assert "GPU not requested" in out and "line endings" in out and "blocker(s)" in out
+
+
+def test_an_env_line_that_is_not_utf8_is_a_failure_naming_it(cpu_project, tmp_path):
+    number = set_env_line(cpu_project, "SHM_SIZE", b"8gb # gr\xf6\xdfer")  # Latin-1
+    port_line = set_env_line(cpu_project, "JUPYTER_HOST_PORT", b"\xff\xfe")
+    code, out = doctor(cpu_project, fake_bin(tmp_path, docker=FAKE_DOCKER))
+    assert code == 1 and "Traceback" not in out, out
+    assert f"FAIL  `.env` lines {port_line}, {number} are not UTF-8" in out
+    assert "fix: save .env as UTF-8" in out
+    assert "is not a port" not in out  # that line is reported once, as not UTF-8
+    assert "ok    .env is present with a Jupyter token" in out and "line endings" in out
+
+
+def test_the_ids_of_a_valid_env_are_compared_as_before(cpu_project, tmp_path):
+    """Ids that are sound but not yours: still the warning, not a failure."""
+    set_env_line(cpu_project, "USER_UID", b"54321")
+    _, out = doctor(cpu_project, fake_bin(tmp_path, docker=FAKE_DOCKER))
+    if hasattr(os, "getuid") and os.getuid() != 0:
+        assert "WARN  .env has USER_UID/USER_GID 54321/" in out
+    assert "`.env` line" not in out

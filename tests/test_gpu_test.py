@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -186,3 +188,192 @@ def test_tf32_switch_uses_the_api_the_installed_torch_has():
         gpu_test.set_tf32(torch, False)
         assert getattr(matmul, attribute) == off
     assert not hasattr(LegacyMatmul(), "fp32_precision")
+
+
+# ---------------------------------------------------------------------------------------
+# The framework's own log: kept aside, shown when it may explain a failure
+# ---------------------------------------------------------------------------------------
+
+
+def test_stderr_kept_aside_takes_what_c_code_and_child_processes_write(capfd):
+    """Written to file descriptor 2 itself, as TensorFlow's C++ logging and absl do (and
+    the programs it starts), not through sys.stderr: kept out of stderr, into the lines."""
+    capfd.readouterr()
+    with gpu_test.stderr_kept_aside() as log:
+        os.write(2, b"E0000 cuda_executor.cc:1309] failed call to cuInit: UNKNOWN ERROR (303)\n")
+        child = "import os; os.write(2, b'child: oneDNN custom operations are on\\n')"
+        subprocess.run([sys.executable, "-c", child], check=True)
+        os.write(2, b"not UTF-8: \xff\xfe\n")
+    assert capfd.readouterr().err == ""
+    assert log == [
+        "E0000 cuda_executor.cc:1309] failed call to cuInit: UNKNOWN ERROR (303)",
+        "child: oneDNN custom operations are on",
+        "not UTF-8: \ufffd\ufffd",
+    ]
+    os.write(2, b"after\n")  # stderr is back
+    assert capfd.readouterr().err == "after\n"
+
+
+def test_stderr_kept_aside_gives_the_lines_back_when_the_block_fails(capfd):
+    """A traceback keeps what the libraries said before it."""
+    capfd.readouterr()
+    with pytest.raises(RuntimeError), gpu_test.stderr_kept_aside():
+        os.write(2, b"W0000 Cannot dlopen some GPU libraries\n")
+        raise RuntimeError("no kernel image is available")
+    assert capfd.readouterr().err == "W0000 Cannot dlopen some GPU libraries\n"
+
+
+# A TensorFlow stand-in: records the environment it is imported with, writes to fd 2 what
+# the real one writes while loading and looking for GPUs, and answers the calls
+# gpu_test.py makes (instantly; FAKE_TF_GPUS=1 gives it a GPU).
+FAKE_TENSORFLOW = r"""
+import contextlib
+import json
+import os
+
+with open(os.environ["FAKE_TF_RECORD"], "w") as record:
+    json.dump({"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL")}, record)
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+os.write(2, b"E0000 cuda_dnn.cc:8310] Unable to register cuDNN factory: one has already been registered\n")
+os.write(2, b"I0000 oneDNN custom operations are on. You may see slightly different numerical results\n")
+
+__version__ = "2.99.0"
+float32, bfloat16, int32 = "float32", "bfloat16", "int32"
+
+
+class PhysicalDevice:
+    name = "/physical_device:GPU:0"
+
+
+GPUS = [PhysicalDevice()] if os.environ.get("FAKE_TF_GPUS") else []
+
+
+class Tensor:
+    def numpy(self):
+        return 0.0
+
+
+def tensor(*args, **kwargs):
+    return Tensor()
+
+
+matmul = reduce_sum = identity = tensor
+
+
+def device(name):
+    return contextlib.nullcontext()
+
+
+class random:
+    normal = uniform = staticmethod(tensor)
+
+
+class config:
+    @staticmethod
+    def list_physical_devices(kind):
+        if not GPUS:
+            os.write(2, b"E0000 cuda_executor.cc:1309] failed call to cuInit: CUDA_ERROR_NO_DEVICE\n")
+        return GPUS
+
+    class threading:
+        get_intra_op_parallelism_threads = staticmethod(lambda: 2)
+
+    class experimental:
+        set_memory_growth = staticmethod(lambda gpu, on: None)
+        get_device_details = staticmethod(lambda gpu: {"device_name": "Fake GPU", "compute_capability": (8, 0)})
+        enable_tensor_float_32_execution = staticmethod(lambda on: None)
+
+
+class sysconfig:
+    get_build_info = staticmethod(
+        lambda: {"is_cuda_build": True, "cuda_version": "12.5", "cudnn_version": "9", "cuda_compute_capabilities": ["sm_80"]}
+    )
+
+
+class Model:
+    def compile(self, **kwargs):
+        pass
+
+    def train_on_batch(self, inputs, targets):
+        return 0.0
+
+
+class keras:
+    Input = staticmethod(tensor)
+    Sequential = staticmethod(lambda layers: Model())
+
+    class utils:
+        set_random_seed = staticmethod(lambda seed: None)
+
+    class layers:
+        Dense = staticmethod(tensor)
+
+    class optimizers:
+        Adam = staticmethod(tensor)
+
+    class losses:
+        SparseCategoricalCrossentropy = staticmethod(tensor)
+"""
+NOISE = ("absl::InitializeLog()", "Unable to register cuDNN factory", "oneDNN custom operations", "cuInit")
+
+
+def run_with_fake_tensorflow(tmp_path: Path, *args: str, **env: str) -> tuple[int, str, str, dict]:
+    """gpu_test.py on the TensorFlow stand-in: exit status, stdout and stderr together (in
+    the order written), stdout alone, and the environment the import saw."""
+    fake = tmp_path / "fake-site"
+    (fake / "tensorflow").mkdir(parents=True, exist_ok=True)
+    (fake / "tensorflow" / "__init__.py").write_text(FAKE_TENSORFLOW)
+    (fake / "numpy.py").write_text("def allclose(a, b, rtol=0.0, atol=0.0):\n    return True\n")
+    record = tmp_path / "record.json"
+    base = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONPATH")}
+    script = str(TEMPLATE / "{{cookiecutter.project_slug}}" / "gpu_test.py")
+    cmd = [sys.executable, script, "--quick", "--size", "8", *args]
+    full_env = {**base, "PYTHONPATH": str(fake), "FAKE_TF_RECORD": str(record), **env}
+    both = subprocess.run(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    alone = subprocess.run(cmd, env=full_env, capture_output=True, text=True, check=False)
+    assert alone.returncode == both.returncode
+    return both.returncode, both.stdout, alone.stdout, json.loads(record.read_text())
+
+
+def test_tensorflow_noise_stays_out_of_a_passing_run(tmp_path):
+    code, output, _, seen = run_with_fake_tensorflow(tmp_path, FAKE_TF_GPUS="1")
+    assert code == 0, output
+    assert seen["TF_CPP_MIN_LOG_LEVEL"] == "1"  # set before the import: no INFO notes
+    assert not [noise for noise in NOISE if noise in output], output
+    assert output.rstrip().splitlines()[-1].startswith("Verdict: OK: Fake GPU computes correctly, "), output
+
+
+def test_verbose_shows_the_tensorflow_log_above_the_verdict(tmp_path):
+    code, output, _, seen = run_with_fake_tensorflow(tmp_path, "--verbose", FAKE_TF_GPUS="1")
+    assert code == 0, output
+    assert seen["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    assert "TensorFlow's own log, kept aside while it ran (--verbose):" in output
+    assert "  | E0000 cuda_dnn.cc:8310] Unable to register cuDNN factory" in output
+    assert output.index("Unable to register cuDNN factory") < output.index("\nEnvironment\n")
+    assert output.rstrip().splitlines()[-1].startswith("Verdict: OK: "), output
+
+
+def test_a_failed_gpu_check_shows_the_tensorflow_log_and_ends_with_the_verdict(tmp_path):
+    code, output, _, _ = run_with_fake_tensorflow(tmp_path, "--require-gpu")
+    assert code == 1
+    assert "TensorFlow's own log, kept aside while it ran (the GPU check failed):" in output
+    assert "  | E0000 cuda_executor.cc:1309] failed call to cuInit: CUDA_ERROR_NO_DEVICE" in output
+    assert "gpu_test: no usable GPU (--require-gpu)" in output
+    assert output.rstrip().splitlines()[-1] == (
+        "Verdict: NO GPU: TensorFlow found no GPU (its log says which CUDA library it could not load); "
+        "the benchmark ran on the CPU only."
+    )
+
+
+def test_a_users_tf_log_level_wins(tmp_path):
+    _, _, _, seen = run_with_fake_tensorflow(tmp_path, FAKE_TF_GPUS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    assert seen["TF_CPP_MIN_LOG_LEVEL"] == "3"
+
+
+def test_json_stays_json_and_the_log_goes_to_stderr_on_failure(tmp_path):
+    _, output, stdout, _ = run_with_fake_tensorflow(tmp_path, "--json")
+    assert json.loads(stdout)["gpu_available"] is False
+    assert "failed call to cuInit" in output  # on stderr, where no JSON reader looks
+    _, output, stdout, _ = run_with_fake_tensorflow(tmp_path, "--json", FAKE_TF_GPUS="1")
+    assert json.loads(stdout)["gpu_available"] is True
+    assert json.loads(output)["gpu_available"] is True  # JSON alone, on both streams together

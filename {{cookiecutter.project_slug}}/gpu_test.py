@@ -5,6 +5,7 @@ GPU is, against the CPU, on the same work, measured correctly.
     python gpu_test.py --quick         # small sizes, a few seconds (CI, first check)
     python gpu_test.py --json          # the same as JSON, for scripts
     python gpu_test.py --require-gpu   # exit 1 when no GPU is usable
+    python gpu_test.py --verbose       # also the framework's own log (CUDA, cuDNN, XLA notes)
     torchrun --nproc-per-node 2 gpu_test.py --allreduce   # all-reduce check (NCCL or gloo)
 
 GPU work is asynchronous: a timer around a kernel launch measures the launch, not the
@@ -12,11 +13,16 @@ work (about 0.2 ms for a product that takes 22 ms). Every timing here runs the w
 once to warm up, synchronises the device before the clock starts and after the work
 ends, repeats, and reports the median. Matrix products are timed in batches long
 enough that launch overhead does not count.
+
+The framework's own log (TensorFlow's C++ notes and errors, PyTorch's warnings) is kept
+aside while it runs and shown only when the GPU check fails, or with --verbose; the
+verdict is always the last thing printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -27,12 +33,15 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 # /dev/shm below this makes DataLoader workers die with "Bus error" on real datasets.
 MIN_SHM_BYTES = 1 << 30
 # A timed batch of GPU work lasts at least this long, so launch overhead is negligible.
 MIN_BATCH_SECONDS = 0.05
+# A driver version as nvidia-smi prints it; anything else is no answer.
+DRIVER_VERSION = re.compile(r"[0-9]+(\.[0-9]+)+")
 
 # Every key of the JSON report, always present, so scripts can rely on its shape: null
 # where nothing was measured (no GPU: `no_gpu_reason` says why; or a measurement the
@@ -67,7 +76,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, help="n for the CPU/GPU n x n product (default 4096, quick 512)")
     parser.add_argument("--repeats", type=int, help="timed repetitions per measurement (median reported)")
     parser.add_argument("--allreduce", action="store_true", help="all-reduce check; run it under torchrun")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the framework's own log (CUDA, cuDNN and XLA notes), kept aside unless the GPU check fails",
+    )
     return parser.parse_args(argv)
+
+
+def decoded(data: bytes) -> str:
+    """Output of a program or library as text: bytes that are not UTF-8 (a GPU name in
+    Latin-1, a garbled answer) become U+FFFD instead of an exception."""
+    return data.decode("utf-8", errors="replace")
+
+
+def run_text(cmd: list[str], timeout: float) -> subprocess.CompletedProcess | None:
+    """cmd's outcome with its output as text, or None when it cannot run or hangs."""
+    try:
+        result = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return subprocess.CompletedProcess(cmd, result.returncode, decoded(result.stdout), decoded(result.stderr))
+
+
+@contextlib.contextmanager
+def stderr_kept_aside():
+    """File descriptor 2 goes to a temporary file for the duration; yields the list that
+    receives its lines at the end. The C++ libraries under a framework (TensorFlow's
+    logging, absl, cuInit errors) write to fd 2 directly, past sys.stderr. When the
+    block raises, the lines go back to stderr first: a traceback keeps its context."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep out of the way
+        yield lines
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        raised = True
+        try:
+            yield lines
+            raised = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(decoded(sink.read()).splitlines())
+            if raised and lines:
+                print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def median_seconds(run, sync, repeats: int, warmup: int = 1) -> float:
@@ -111,18 +169,9 @@ def driver_version() -> str | None:
     """The host driver as nvidia-smi reports it (present in GPU containers)."""
     if not shutil.which("nvidia-smi"):
         return None
-    try:
-        result = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = result.stdout.strip().splitlines()
-    return lines[0].strip() if result.returncode == 0 and lines else None
+    result = run_text(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], timeout=20)
+    lines = result.stdout.strip().splitlines() if result is not None and result.returncode == 0 else []
+    return lines[0].strip() if lines and DRIVER_VERSION.fullmatch(lines[0].strip()) else None
 
 
 # An entry of torch.cuda.get_arch_list() or TensorFlow's cuda_compute_capabilities: sm_XY
@@ -296,10 +345,17 @@ def launch_allreduce(processes: int, quick: bool) -> dict:
     """The all-reduce check on every GPU, launched the way multi-GPU training is: torchrun."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     cmd += [__file__, "--allreduce", "--json", *(["--quick"] if quick else [])]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    if result.returncode != 0:
-        return {"ok": False, "error": (result.stderr or result.stdout)[-2000:]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    result = run_text(cmd, timeout=600)
+    if result is None:
+        return {"ok": False, "error": "torchrun did not start, or ran past 10 minutes"}
+    lines = result.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if result.returncode == 0 and lines else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return {"ok": False, "error": (result.stderr or result.stdout)[-2000:] or f"exit status {result.returncode}"}
+    return answer
 
 
 def allreduce_check(args: argparse.Namespace) -> dict:
@@ -343,8 +399,10 @@ def allreduce_check(args: argparse.Namespace) -> dict:
 
 
 def tensorflow_report(args: argparse.Namespace) -> dict:
-    # Before the import: TensorFlow's C++ INFO lines would bury the report.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Before the import, which reads it: no INFO notes (oneDNN, CPU features) unless asked
+    # for; warnings and errors stay, for the log shown when the GPU check fails. A level
+    # the user set wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "1")
     import numpy as np
     import tensorflow as tf
 
@@ -399,7 +457,7 @@ def tensorflow_report(args: argparse.Namespace) -> dict:
         report["no_gpu_reason"] = (
             "this TensorFlow build has no CUDA support"
             if not build.get("is_cuda_build")
-            else "TensorFlow found no GPU (TF_CPP_MIN_LOG_LEVEL=0 shows which CUDA library it could not load)"
+            else "TensorFlow found no GPU (its log says which CUDA library it could not load)"
         )
         return report
     tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32
@@ -547,6 +605,39 @@ def print_table(report: dict) -> None:
             print(f"  WARNING: the all-reduce check failed: {reduce.get('error', 'wrong sum')}")
 
 
+def gpu_problems(report: dict) -> list[str]:
+    """What the GPU did wrong ([] when it passed, or there was no GPU to run)."""
+    found = []
+    if report["results_match"] is False:
+        found.append("GPU and CPU results differ: the GPU computes wrongly")
+    if not (report["allreduce"] or {}).get("ok", True):
+        found.append("the all-reduce check failed")
+    return found
+
+
+def verdict(report: dict) -> list[str]:
+    """The answer in a line or two, printed last: no log or table may bury it."""
+    if not report["gpu_available"]:
+        cpu_only = "; the benchmark ran on the CPU only" if report.get("cpu_fp32_gflops") is not None else ""
+        return [f"Verdict: NO GPU: {report.get('no_gpu_reason')}{cpu_only}."]
+    problems = gpu_problems(report)
+    if problems:
+        return [f"Verdict: FAIL: {problem}." for problem in problems]
+    gpus = report.get("gpus") or []
+    name = gpus[0]["name"] if gpus else "the GPU"
+    more = f" ({len(gpus)} GPUs visible)" if len(gpus) > 1 else ""
+    speedup = f", {report['speedup_fp32']:.1f}x the CPU on an fp32 product" if report.get("speedup_fp32") else ""
+    return [f"Verdict: OK: {name}{more} computes correctly{speedup}."]
+
+
+def print_log(lines: list[str], framework: str | None, why: str) -> None:
+    name = {"pytorch": "PyTorch", "tensorflow": "TensorFlow"}.get(framework or "", "The framework")
+    print(f"{name}'s own log, kept aside while it ran ({why}):")
+    for line in lines:
+        print(f"  | {line}")
+    print()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.allreduce:
@@ -554,19 +645,30 @@ def main(argv: list[str] | None = None) -> int:
         if result:  # rank 0 reports
             print(json.dumps(result) if args.json else f"all-reduce: {result}")
         return 0 if result.get("ok", True) else 1
-    report = collect(args)
+    # The frameworks' C++ libraries write notes and errors to stderr as they load and look
+    # for GPUs (TensorFlow: cuInit failures, oneDNN, CUDA factory registration), which
+    # would bury the report: kept aside, and shown when they may explain a failure.
+    with stderr_kept_aside() as log:
+        report = collect(args)
+    failed = not report["gpu_available"] or bool(gpu_problems(report))
+    shown = log if failed or args.verbose else []
     if args.json:
+        if shown:
+            print("\n".join(shown), file=sys.stderr)  # stdout stays JSON alone
         print(json.dumps(report, indent=2))
     else:
+        if shown:
+            print_log(shown, report.get("framework"), "the GPU check failed" if failed else "--verbose")
         print_table(report)
+    code = 1 if gpu_problems(report) else 0
     if args.require_gpu and not report["gpu_available"]:
-        print("gpu_test: no usable GPU (--require-gpu)", file=sys.stderr)
-        return 1
-    if report["results_match"] is False:
-        return 1
-    if not (report["allreduce"] or {}).get("ok", True):
-        return 1
-    return 0
+        sys.stdout.flush()  # in order, where stdout and stderr share a terminal
+        print("gpu_test: no usable GPU (--require-gpu)", file=sys.stderr, flush=True)
+        code = 1
+    if not args.json:
+        print()
+        print("\n".join(verdict(report)))
+    return code
 
 
 if __name__ == "__main__":

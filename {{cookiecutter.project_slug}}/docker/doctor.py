@@ -39,6 +39,8 @@ BUILDS = json.loads(
 )
 # fmt: on
 FRAMEWORK = "{{ cookiecutter.framework }}"
+# The template's Jupyter port: where the suggestion of a free one starts.
+JUPYTER_HOST_PORT = "{{ cookiecutter.jupyter_host_port }}"
 # The Dockerfile's default base image (BASE_IMAGE in .env replaces it).
 DEFAULT_BASE_IMAGE = "{{ cookiecutter.__base_image }}"
 MIN_DOCKER = (20, 10)
@@ -47,6 +49,9 @@ MIN_COMPOSE = (2, 20)
 LF_FILES = ["Dockerfile", "compose.yaml", "compose.gpu.yaml", "Makefile", ".env", ".env.example"]
 LF_DIRS = ["docker", ".devcontainer"]
 MIN_SHM_BYTES = 1 << 30
+# What nvidia-smi answers when it works (ASCII digits: anything else is no answer).
+DRIVER_VERSION = re.compile(r"[0-9]+(\.[0-9]+)+")
+COMPUTE_CAPABILITY = re.compile(r"[0-9]+\.[0-9]+")
 
 
 class Doctor:
@@ -74,13 +79,37 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess | None:
     return setup_env.run(cmd)
 
 
-def read_env() -> dict[str, str] | None:
+def read_env(doctor: Doctor) -> dict[str, str] | None:
+    """.env as `make up` and Compose read it (quotes, trailing comments). Lines that are
+    not UTF-8 and values the build or `up` would fail on are failures naming their line;
+    such values are left out, so the other checks go on with the sound ones."""
     path = PROJECT / ".env"
     if not path.is_file():
         return None
-    # Read as `make up` and Compose read it (quotes, trailing comments).
-    values = setup_env.parse_env(path.read_text(encoding="utf-8"))
+    text, not_utf8 = setup_env.decode_env(path.read_bytes())
+    if not_utf8:
+        doctor.fail(setup_env.not_utf8_problem(".env", not_utf8), setup_env.not_utf8_fix(".env"))
+    values = setup_env.parse_env(text)
+    lines = setup_env.env_line_numbers(text)
+    for key, why, fix in env_value_problems(values):
+        if lines[key] not in not_utf8:  # that line is reported already
+            doctor.fail(f"`.env` line {lines[key]}: {key}={values[key]!r} {why}", fix)
+        del values[key]
     return {**values, **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
+
+
+def env_value_problems(values: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(key, why, fix) for each value in .env that is not what its key needs."""
+    found = []
+    if "JUPYTER_HOST_PORT" in values and setup_env.port_number(values["JUPYTER_HOST_PORT"]) is None:
+        free = setup_env.free_port(setup_env.port_number(JUPYTER_HOST_PORT) or 8888)
+        found.append(("JUPYTER_HOST_PORT", "is not a port (1-65535)", f"set it to a free port, such as {free}"))
+    ids = setup_env.host_ids("1000", "1000")
+    for key, mine, command in (("USER_UID", ids[0], "id -u"), ("USER_GID", ids[1], "id -g")):
+        why = setup_env.id_problem(values[key]) if key in values else None
+        if why:
+            found.append((key, why, f"set {key}={mine} (`{command}` on the host)"))
+    return found
 
 
 def check_env(doctor: Doctor, env: dict[str, str] | None) -> None:
@@ -97,7 +126,8 @@ def check_env(doctor: Doctor, env: dict[str, str] | None) -> None:
     else:
         doctor.ok(".env is present with a Jupyter token")
     getuid = getattr(os, "getuid", None)
-    if getuid and getuid() != 0:
+    # Ids that are not ids were reported by read_env and left out.
+    if getuid and getuid() != 0 and "USER_UID" in env and "USER_GID" in env:
         ids = (str(getuid()), str(os.getgid()))
         if (env.get("USER_UID"), env.get("USER_GID")) != ids:
             doctor.warn(
@@ -176,7 +206,7 @@ def check_gpu(doctor: Doctor, env: dict[str, str] | None, info: dict[str, str] |
     rows = query_gpus()
     if not rows:
         doctor.fail(
-            "nvidia-smi fails: the driver is not loaded",
+            "nvidia-smi gives no driver version: the driver is not loaded, or broken",
             f"reboot after installing the driver, or reinstall it; {no_gpu_fix}",
         )
         return
@@ -269,12 +299,17 @@ def other_containers_gpus(own_project: str) -> dict[str, set[str] | None]:
 
 
 def query_gpus() -> list[list[str]]:
-    """[driver, name, compute capability or ""] per GPU; drivers before R510 lack compute_cap."""
+    """[driver, name, compute capability or ""] per GPU; drivers before R510 lack compute_cap.
+    [] when nvidia-smi fails or answers something that is not a driver version."""
     for fields in ("driver_version,name,compute_cap", "driver_version,name"):
         smi = run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"])
         if smi is not None and smi.returncode == 0 and smi.stdout.strip():
             rows = [[cell.strip() for cell in line.split(",")] for line in smi.stdout.strip().splitlines()]
-            return [(row + [""])[:3] for row in rows]
+            rows = [(row + ["", ""])[:3] for row in rows]
+            if not all(DRIVER_VERSION.fullmatch(driver) for driver, _, _ in rows):
+                return []
+            # An unreadable capability is an unknown one ("[N/A]", or bytes that were not UTF-8).
+            return [[driver, name, cap if COMPUTE_CAPABILITY.fullmatch(cap) else ""] for driver, name, cap in rows]
     return []
 
 
@@ -341,8 +376,8 @@ def check_base_image(doctor: Doctor, env: dict[str, str] | None) -> None:
 
 
 def check_port(doctor: Doctor, env: dict[str, str] | None) -> None:
-    port = int((env or {}).get("JUPYTER_HOST_PORT") or 0)
-    if not port:
+    port = setup_env.port_number((env or {}).get("JUPYTER_HOST_PORT", ""))
+    if port is None:  # no .env, or a value read_env reported
         return
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -367,6 +402,7 @@ def running_here() -> bool:
 
 
 def check_user_dirs(doctor: Doctor, env: dict[str, str] | None) -> None:
+    # read_env left out values that are not ids.
     uid = int((env or {}).get("USER_UID") or -1)
     gid = int((env or {}).get("USER_GID") or -1)
     for name in ("src", "notebooks", "data", "cache"):
@@ -441,13 +477,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check the host or the container for common problems.")
     parser.add_argument("--in-container", action="store_true", help="run the checks that belong inside the container")
     args = parser.parse_args(argv)
+    # nvidia-smi's or .env's bytes that were not UTF-8 are U+FFFD here: a terminal in a
+    # legacy encoding (latin-1, cp1252) cannot show that, which must not end the checks.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure:
+        reconfigure(errors="backslashreplace")
     doctor = Doctor()
     if args.in_container:
         print("doctor: inside the container")
         check_in_container(doctor)
     else:
         print("doctor: the host")
-        env = read_env()
+        env = read_env(doctor)
         check_env(doctor, env)
         info = check_docker(doctor)
         if info is not None:

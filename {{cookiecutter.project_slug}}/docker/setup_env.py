@@ -46,13 +46,28 @@ GPU_ID = re.compile(r"\d+|\d+:\d+|GPU-[0-9a-fA-F-]{8,}|MIG-[0-9a-fA-F-]{8,}|MIG-
 
 
 FAILED = subprocess.CompletedProcess([], 1, "", "")
+# Ids every base image has: the Dockerfile would rename root or nobody to the project's user.
+RESERVED_IDS = {0: "root", 65534: "nobody"}
+MAX_ID = 4294967294  # 2**32 - 2: (uid_t)-1 means "no change" to chown
+# Bytes of a file that are not UTF-8, as errors="surrogateescape" keeps them (valid
+# UTF-8 never decodes to these code points).
+NOT_UTF8 = re.compile("[\udc80-\udcff]+")
+
+
+class EnvError(Exception):
+    """A settings file that cannot be read as text: its message names the line and the fix."""
 
 
 def run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
+    """cmd's outcome, its output as text. Read as bytes: a GPU name in Latin-1 or a garbled
+    answer becomes U+FFFD in the text, not a UnicodeDecodeError."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        result = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
+    return subprocess.CompletedProcess(
+        cmd, result.returncode, result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
+    )
 
 
 def env_value(raw: str) -> str:
@@ -63,19 +78,77 @@ def env_value(raw: str) -> str:
     return re.split(r"\s+#", raw, maxsplit=1)[0].strip()
 
 
-def parse_env(text: str) -> dict[str, str]:
-    """KEY=value lines (comments and blank lines skipped), in order."""
-    values = {}
-    for line in text.splitlines():
+def env_entries(text: str) -> list[tuple[int, str, str]]:
+    """(line number, key, value) of each KEY=value line (comments and blank lines skipped),
+    in order. Lines are counted as an editor counts them: by newlines."""
+    entries = []
+    number = 1
+    for line, with_end in zip(text.splitlines(), text.splitlines(keepends=True)):
         if line.strip() and not line.lstrip().startswith("#") and "=" in line:
             key, _, value = line.partition("=")
             key = key.strip()
-            values[key[len("export ") :].strip() if key.startswith("export ") else key] = env_value(value)
-    return values
+            key = key[len("export ") :].strip() if key.startswith("export ") else key
+            entries.append((number, key, env_value(value)))
+        number += with_end.count("\n")
+    return entries
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """KEY=value lines (comments and blank lines skipped), in order."""
+    return {key: value for _, key, value in env_entries(text)}
+
+
+def env_line_numbers(text: str) -> dict[str, int]:
+    """The line that sets each key (the last one, as parse_env and Compose take it)."""
+    return {key: number for number, key, _ in env_entries(text)}
+
+
+def decode_env(data: bytes) -> tuple[str, list[int]]:
+    """A settings file's text, read as Path.read_text reads it (UTF-8, newlines made
+    "\\n"), and the numbers of its lines that are not UTF-8, which hold U+FFFD in the text."""
+    text = data.decode("utf-8", errors="surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
+    not_utf8 = [number for number, line in enumerate(text.split("\n"), 1) if NOT_UTF8.search(line)]
+    return NOT_UTF8.sub("\ufffd", text), not_utf8
+
+
+def not_utf8_problem(name: str, numbers: list[int]) -> str:
+    if len(numbers) == 1:
+        return f"`{name}` line {numbers[0]} is not UTF-8"
+    return f"`{name}` lines {', '.join(map(str, numbers))} are not UTF-8"
+
+
+def not_utf8_fix(name: str) -> str:
+    return f"save {name} as UTF-8 (retype those characters in your editor)"
+
+
+def read_text(path: Path) -> str:
+    """A settings file's text; EnvError naming the lines that are not UTF-8 (rewriting
+    the file would lose their bytes, and Compose may read them otherwise than this script)."""
+    text, not_utf8 = decode_env(path.read_bytes())
+    if not_utf8:
+        raise EnvError(f"{not_utf8_problem(path.name, not_utf8)}; {not_utf8_fix(path.name)}")
+    return text
 
 
 def read_env() -> dict[str, str]:
-    return parse_env(ENV.read_text(encoding="utf-8")) if ENV.is_file() else {}
+    return parse_env(read_text(ENV)) if ENV.is_file() else {}
+
+
+def port_number(value: str) -> int | None:
+    """A port as Compose takes it (ASCII digits, 1 to 65535), or None."""
+    if not re.fullmatch(r"[0-9]+", value) or not 0 < int(value) < 65536:
+        return None
+    return int(value)
+
+
+def id_problem(value: str) -> str | None:
+    """Why a USER_UID/USER_GID value cannot be the container user's id, or None. Leading
+    zeros are refused: some tools read 0501 as octal (321)."""
+    if not re.fullmatch(r"[1-9][0-9]*|0", value) or int(value) > MAX_ID:
+        return f"is not an id (a number from 1 to {MAX_ID}, no leading zeros)"
+    if int(value) in RESERVED_IDS:
+        return f"is {RESERVED_IDS[int(value)]}'s id in every base image; the container user must be an ordinary one"
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,7 +227,7 @@ def fresh_values(example: dict[str, str], overrides: dict[str, str]) -> tuple[di
     clone; and notes on the choices a reader would not guess."""
     notes = []
     uid, gid = host_ids(example.get("USER_UID", "1000"), example.get("USER_GID", "1000"))
-    wanted = int(example.get("JUPYTER_HOST_PORT") or 8888)
+    wanted = port_number(example.get("JUPYTER_HOST_PORT", "")) or 8888
     port = int(overrides["JUPYTER_HOST_PORT"]) if "JUPYTER_HOST_PORT" in overrides else free_port(wanted)
     if port != wanted:
         notes.append(f"port {wanted} is taken here, so Jupyter gets {port}")
@@ -205,7 +278,7 @@ def write_private(path: Path, text: str) -> None:
 def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> str:
     """Create .env from .env.example, or append the keys it lacks. Returns what happened:
     "created", "completed" or "kept"."""
-    example_text = EXAMPLE.read_text(encoding="utf-8")
+    example_text = read_text(EXAMPLE)
     example = parse_env(example_text)
     if not ENV.is_file():
         values, notes = fresh_values(example, overrides or {})
@@ -230,7 +303,7 @@ def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> 
     missing = [key for key in example if key not in current]
     if empty:
         values, _ = fresh_values(example, overrides or {})
-        lines = ENV.read_text(encoding="utf-8").splitlines()
+        lines = read_text(ENV).splitlines()
         lines = [f"{line.partition('=')[0]}={values[line.partition('=')[0].strip()]}"
                  if line.partition("=")[0].strip() in empty and "=" in line and not line.lstrip().startswith("#")
                  else line for line in lines]  # fmt: skip
@@ -252,7 +325,7 @@ def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> 
             "(a shared server): `make down`, then delete COMPOSE_PROJECT_NAME and IMAGE_NAME from .env"
         )
     added = {key: values.get(key, example[key]) for key in missing}
-    text = ENV.read_text(encoding="utf-8")
+    text = read_text(ENV)
     text += ("" if text.endswith("\n") else "\n") + "# Added from .env.example (new in the template):\n"
     text += "".join(f"{key}={value}\n" for key, value in added.items())
     write_private(ENV, text)
@@ -346,7 +419,9 @@ services:
 
 def write_gpu_file(env: dict[str, str]) -> None:
     text = gpu_file_text(env)
-    if not GPU_FILE.is_file() or GPU_FILE.read_text(encoding="utf-8") != text:
+    # Compared as read_text would read it, but a hand-edited file that is not UTF-8 is
+    # simply rewritten.
+    if not GPU_FILE.is_file() or decode_env(GPU_FILE.read_bytes())[0] != text:
         GPU_FILE.write_text(text, encoding="utf-8")
         give_to_project_owner(GPU_FILE)
 
@@ -395,9 +470,9 @@ def port_holder(port: int) -> tuple[str, str]:
 def port_problem(env: dict[str, str]) -> str | None:
     """Why Jupyter's host port cannot be published, or None (free, or this clone's own)."""
     value = env.get("JUPYTER_HOST_PORT", "")
-    if not value.isdigit() or not 0 < int(value) < 65536:
+    port = port_number(value)
+    if port is None:
         return f"JUPYTER_HOST_PORT={value!r} in .env is not a port (1 to 65535)"
-    port = int(value)
     if port_free(port):
         return None
     kind, holder = port_holder(port)
@@ -414,8 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preflight", action="store_true", help="also refuse what would fail once Docker starts")
     parser.add_argument("--quiet", action="store_true", help="print nothing unless something is wrong")
     args = parser.parse_args(argv)
-    ensure_env(quiet=args.quiet)
-    env = {**read_env(), **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
+    try:
+        ensure_env(quiet=args.quiet)
+        env = {**read_env(), **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
+    except EnvError as error:
+        # Nothing is written from a file this script cannot read; as with GPU_DEVICES
+        # below, only starting is refused.
+        print(f"{'ERROR' if args.preflight else 'WARNING'}: {error}", file=sys.stderr)
+        return 1 if args.preflight else 0
     problem = gpu_devices_problem(env)
     if problem is None:
         write_gpu_file(env)
