@@ -1,7 +1,9 @@
 # Jupyter server settings for the container (installed in /opt/venv/etc/jupyter).
 # The token comes from JUPYTER_TOKEN and the port from JUPYTER_PORT (compose sets
 # both from .env); Jupyter refuses every request without the token.
+import ipaddress
 import os
+import re
 
 c = get_config()  # noqa: F821 (provided by Jupyter when it loads this file)
 
@@ -10,16 +12,49 @@ c = get_config()  # noqa: F821 (provided by Jupyter when it loads this file)
 c.ServerApp.ip = "0.0.0.0"
 c.ServerApp.open_browser = False
 c.ServerApp.root_dir = "/workspace"
-# Print the address to open on the host, not the container's port.
+
+# Where compose publishes the port on the host (JUPYTER_BIND_ADDRESS in .env; compose
+# accepts IP addresses only, so the fallback never serves).
+try:
+    bind_address = ipaddress.ip_address(os.environ.get("JUPYTER_BIND_ADDRESS", "127.0.0.1").strip("[]"))
+except ValueError:
+    bind_address = ipaddress.ip_address("127.0.0.1")
+
+# Only the address to open on the host is printed. Jupyter's own hold the container's
+# port (and hostname), which the host cannot open: custom_display_url replaces the
+# first, but jupyter_server still adds its 127.0.0.1:<container port> line below it
+# (and a file:// page inside the container, were the token generated), so a filter on
+# its log drops every address but the host's.
 if os.environ.get("JUPYTER_HOST_PORT"):
-    c.ServerApp.custom_display_url = f"http://127.0.0.1:{os.environ['JUPYTER_HOST_PORT']}/lab"
-# Published beyond the host's loopback (JUPYTER_BIND_ADDRESS in .env): say so loudly.
-bind_address = os.environ.get("JUPYTER_BIND_ADDRESS", "127.0.0.1")
-if bind_address not in ("127.0.0.1", "localhost", "::1"):
+    host = bind_address
+    if host.is_unspecified:  # every interface: the host's own loopback reaches it
+        host = ipaddress.ip_address("::1" if host.version == 6 else "127.0.0.1")
+    netloc = f"[{host}]:" if host.version == 6 else f"{host}:"
+    host_url = f"http://{netloc}{os.environ['JUPYTER_HOST_PORT']}/"
+    c.ServerApp.custom_display_url = f"{host_url}lab"
+    in_container = re.compile(r"\s*(?!" + re.escape(host_url) + r")(file:|https?://)")
+
+    def only_the_host_address(record):
+        """A message with the container's addresses loses them, and goes altogether when
+        it does not hold the host's (its "To access the server" block around them)."""
+        lines = record.getMessage().split("\n")
+        kept = [line for line in lines if not in_container.match(line)]
+        if len(kept) == len(lines):
+            return True
+        record.msg, record.args = "\n".join(kept), ()
+        return any(host_url in line for line in kept)
+
+    c.ServerApp.logging_config = {
+        "filters": {"only_the_host_address": {"()": lambda: only_the_host_address}},
+        "loggers": {"ServerApp": {"filters": ["only_the_host_address"]}},
+    }
+
+# Published beyond the host's loopback: say so loudly (`make up` does too).
+if not bind_address.is_loopback:
     print(
-        f"WARNING: Jupyter is published on {bind_address}, not only 127.0.0.1: anyone who can reach "
-        "that address and has the token can run code as you. Remove JUPYTER_BIND_ADDRESS from .env "
-        "to undo.",
+        f"WARNING: Jupyter is published on {bind_address}, not only on 127.0.0.1: anyone who can reach "
+        "that address and has the token can run code as you. JUPYTER_BIND_ADDRESS (in .env, or in the "
+        "shell that ran `make up`) sets it: remove it to publish on 127.0.0.1 only.",
         flush=True,
     )
 # New notebooks start on the project's kernel, the only one offered: ipykernel's own
