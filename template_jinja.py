@@ -30,4 +30,11 @@ def load_rules():
 class TemplateRules(Extension):
     def __init__(self, environment):
         super().__init__(environment)
-        load_rules().install_jinja(environment)
+        self.rules = load_rules()
+        self.rules.install_jinja(environment)
+
+    def preprocess(self, source, name, filename=None):
+        """Each source before Jinja parses it, through the rules' ``preprocess`` (which
+        refuses answers holding Jinja before they are evaluated), where they have one."""
+        check = getattr(self.rules, "preprocess", None)
+        return check(source, name) if check else source

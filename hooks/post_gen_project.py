@@ -18,13 +18,7 @@ sys.path.insert(0, RULES_DIR)
 import template_rules
 
 PROJECT = Path.cwd()
-
-# Host directories bind-mounted into the container. They must exist before the first
-# `docker compose up`, or Docker creates them owned by root and the container user
-# cannot write to them. Their contents are the user's and are never overwritten.
-USER_DIRS = ("src", "notebooks", "data", "cache")
-# Directories whose contents are git-ignored (datasets, framework and package caches).
-UNTRACKED_DIRS = ("data", "cache")
+SLUG = ANSWERS["project_slug"]
 
 
 def remove(*names: str) -> None:
@@ -61,9 +55,10 @@ def remove_update_record_without_commit() -> bool:
 
 
 def create_user_dirs() -> None:
-    for name in USER_DIRS:
+    """The bind-mounted folders, before Docker can create them as root."""
+    for name in template_rules.USER_DIRS:
         (PROJECT / name).mkdir(exist_ok=True)
-    for name in UNTRACKED_DIRS:
+    for name in template_rules.UNTRACKED_DIRS:
         ignore = PROJECT / name / ".gitignore"
         if not ignore.exists():
             ignore.write_text("# Contents stay on this machine: not for git.\n*\n!.gitignore\n", encoding="utf-8")
@@ -86,15 +81,20 @@ def write_env_file() -> bool:
     return outcome == "created"
 
 
+def place_starter_files() -> None:
+    """The package's __init__.py and the first notebook, only where the user has none:
+    regenerating keeps the user's versions."""
+    template_rules.place_starter_files(PROJECT)
+
+
 def hand_over_to_configured_user(uid: int, gid: int) -> None:
     """When root generates the project for another user (sudo, a shared server), give
-    the tree to that user, as if they had generated it: the container user (same ids)
-    must be able to write into the bind mounts."""
+    what generation wrote to that user, as if they had generated it: the container user
+    (same ids) must be able to write into the bind mounts. The user's own files keep
+    their owners (the pre-generation hook made sure the ids agree with theirs)."""
     if getattr(os, "geteuid", lambda: -1)() != 0 or (uid, gid) == (0, 0):
         return
-    for root, dirs, files in os.walk(PROJECT):
-        for name in [root, *(os.path.join(root, entry) for entry in dirs + files)]:
-            os.lchown(name, uid, gid)
+    template_rules.hand_over(PROJECT, template_rules.written_paths(SLUG), uid, gid)
 
 
 def first_lock_note(lock_shipped: bool) -> str:
@@ -110,7 +110,7 @@ def first_lock_note(lock_shipped: bool) -> str:
 
 def print_next_steps(env_written: bool, updatable: bool, lock_shipped: bool) -> None:
     host_port = ANSWERS["jupyter_host_port"]
-    slug = ANSWERS["project_slug"]
+    slug = SLUG
     note = "" if env_written else "  (.env existed and was kept, token included)\n"
     if not updatable:
         note += (
@@ -139,6 +139,7 @@ def main() -> None:
     keep_readme_languages(ANSWERS["readme_language"])
     updatable = remove_update_record_without_commit()
     create_user_dirs()
+    place_starter_files()
     env_written = write_env_file()
     hand_over_to_configured_user(int(ANSWERS["uid"]), int(ANSWERS["gid"]))
     print_next_steps(env_written, updatable, template_rules.lock_is_shipped(ANSWERS))

@@ -1,11 +1,18 @@
-"""pre_gen_project hook: refuse impossible or unsafe answers before anything is written.
+"""pre_gen_project hook: refuse impossible or unsafe answers, and unsafe places to write,
+before anything is written.
 
-Each refusal names the field, the value, why and what would work. Exiting non-zero
-makes cookiecutter delete the (still empty) project directory, so nothing is left behind.
+The answers were checked already, when cookiecutter rendered the first derived value
+(hooks/rules/jinja.py), with our message as the last thing on screen; they are checked
+again here for what that cannot see: a replayed context, derived values given on the
+command line, and the project folder (links, the ids of a project being regenerated).
+Each refusal names the field or path, the value, why and what would work. Exiting
+non-zero makes cookiecutter delete the project folder if it created it: nothing is left.
 """
 
 import json
+import os
 import sys
+from pathlib import Path
 
 # Answers are read as data, never pasted into code (a quote in a name cannot break this).
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
@@ -20,17 +27,18 @@ import template_rules
 def main() -> int:
     problems = template_rules.validate(ANSWERS)
     if not problems:
-        for note in template_rules.host_notes(ANSWERS, template_rules.host_gpus()):
-            print(note, file=sys.stderr)
-    for problem in problems:
-        print(problem, file=sys.stderr)
+        # Where cookiecutter writes: the folder as named, not as resolved (cwd is resolved).
+        # (cruft renders into a folder of its own and gives no _output_dir.)
+        output = ANSWERS.get("_output_dir")
+        project = Path(output) / ANSWERS["project_slug"] if output else Path.cwd()
+        problems = template_rules.link_problems(project, ANSWERS["project_slug"])
+        as_root = getattr(os, "geteuid", lambda: -1)() == 0
+        problems = problems or template_rules.regeneration_problems(project, ANSWERS, as_root)
     if problems:
-        print(
-            f"\nNothing was generated ({len(problems)} answer(s) refused). "
-            "Run cookiecutter again with the answers fixed; `cookiecutter --replay` re-asks nothing you already answered.",
-            file=sys.stderr,
-        )
+        print(template_rules.refusal(problems, ANSWERS), file=sys.stderr)
         return 1
+    for note in template_rules.host_notes(ANSWERS, template_rules.host_gpus()):
+        print(note, file=sys.stderr)
     return 0
 
 

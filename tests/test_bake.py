@@ -49,6 +49,7 @@ COMMON_FILES = {
     "docker/lock",
     "docker/no-extra-ca.pem",
     "docker/share-env",
+    "docker/create-user",
     "docker/with-build-ca",
     "gpu_test.py",
     "notebooks/gpu_check.ipynb",
@@ -160,6 +161,7 @@ def test_helper_scripts_are_executable(default_project):
         "docker/lock",
         "docker/install-layer",
         "docker/share-env",
+        "docker/create-user",
         ".devcontainer/select-gpu",
     ):
         assert (default_project / name).stat().st_mode & stat.S_IXUSR, name
@@ -272,7 +274,7 @@ def test_generated_files_pass_the_linters(bake, key):
     checks = [
         [tool("hadolint"), "Dockerfile"],  # .hadolint.yaml: fail on warnings too
         [tool("shellcheck"), "docker/with-build-ca", "docker/lock", "docker/compose-up", "docker/install-layer",
-         "docker/share-env", ".devcontainer/select-gpu"],
+         "docker/share-env", "docker/create-user", ".devcontainer/select-gpu"],
         [tool("ruff"), "check", "."],
         [tool("ruff"), "format", "--check", "."],
         [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml"],

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
@@ -25,6 +26,7 @@ from cookiecutter.main import cookiecutter
 from engine import layers, unique_bytes
 from test_bake import INPUT_EDIT
 from test_gpu_test import gpu_test
+from test_messages import RESOLVER_LINES
 from test_readme import readme_block
 
 pytestmark = pytest.mark.docker
@@ -195,6 +197,10 @@ def test_jupyter_answers_with_the_token_and_refuses_without(project):
     assert http_status(url, project.token) == 200
     assert http_status(url) == 403
     assert http_status(url, "wrong-token") == 403
+    # Its log shows the address that answered, and none of the container's own.
+    logs = project.compose("logs", "--no-color", "lab").stdout
+    assert f"http://127.0.0.1:{project.host_port}/lab?token=..." in logs
+    assert f":{project.container_port}/" not in logs and "file://" not in logs, logs[-3000:]
 
 
 def test_jupyter_is_published_on_loopback_only(project):
@@ -307,6 +313,28 @@ def test_image_holds_exactly_the_locked_packages(project):
     assert (report["missing"], report["unexpected"], report["wrong_version"]) == ({}, {}, {})
 
 
+# The top-level names in the environment's site-packages: packages, modules, extensions.
+SITE_MODULES = """
+import json, pathlib, sysconfig
+names = set()
+for entry in pathlib.Path(sysconfig.get_paths()["purelib"]).iterdir():
+    if entry.suffix in (".pth", ".txt") or entry.name.endswith((".dist-info", ".data")):
+        continue
+    names.add(entry.name.split(".")[0] if entry.is_file() else entry.name)
+print(json.dumps(sorted(names)))
+"""
+
+
+def test_no_slug_the_template_accepts_shadows_a_module_of_the_environment(project):
+    """compat.yaml's import_names and the lock's package names cover every importable
+    top-level name of the real environment (a slug that shadows one is refused)."""
+    installed = json.loads(project.exec("python", "-c", SITE_MODULES).stdout)
+    refused = template_rules.importable_modules(project.framework)
+    slugs = [name for name in installed if template_rules.SLUG_RE.match(name) and name not in sys.stdlib_module_names]
+    assert len(slugs) > 50
+    assert [name for name in slugs if name not in refused] == []
+
+
 def test_a_stale_lock_stops_the_build_before_anything_is_installed(project):
     """The layers stage checks the lock first: an input the lock does not cover stops the
     build with the lock's own message, naming `make lock`."""
@@ -320,7 +348,12 @@ def test_a_stale_lock_stops_the_build_before_anything_is_installed(project):
         path.write_text(text)
     assert result.returncode != 0
     lock = template_rules.MANAGER_FILES[project.manager][1]
-    assert f"{lock} does not match {name}: run `make lock`, then build again." in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    ours = f"{lock} does not match {name}: run `make lock`, then build again."
+    assert ours in output
+    # First: no line of the resolver's ("unsatisfiable", "network was disabled") above it.
+    before = output[: output.index(ours)]
+    assert [line for line in RESOLVER_LINES if line in before] == [], before[-3000:]
     # Ours alone: not also poetry's own "pyproject.toml changed significantly ...".
     assert "changed significantly" not in result.stdout + result.stderr
 

@@ -45,6 +45,29 @@ BAD_VALUES = [
     ({"uid": " 1000"}, "uid"),
     ({"uid": "0x10"}, "uid"),
     ({"gid": -1}, "gid"),
+    # Zero-padded: `install -o` reads 0501 as octal (321).
+    ({"uid": "0501"}, "uid"),
+    ({"gid": "020"}, "gid"),
+    ({"jupyter_host_port": "08888"}, "jupyter_host_port"),
+    # System accounts of every Debian/Ubuntu base image (daemon, www-data, backup).
+    ({"uid": 1}, "uid"),
+    ({"uid": 33}, "uid"),
+    ({"uid": 99}, "uid"),
+    # Not a Docker image name: a trailing '_' or three in a row.
+    ({"project_slug": "lab_"}, "project_slug"),
+    ({"project_slug": "my___lab"}, "project_slug"),
+    # Shadows a module the environment imports (src/ is first on PYTHONPATH).
+    ({"project_slug": "numpy"}, "project_slug"),
+    ({"project_slug": "torch"}, "project_slug"),
+    ({"project_slug": "yaml"}, "project_slug"),  # package pyyaml
+    ({"project_slug": "jupyter"}, "project_slug"),  # a module of jupyter-core
+    ({"project_slug": "matplotlib"}, "project_slug"),
+    ({"framework": "tensorflow", "cuda_version": "12.5", "project_slug": "keras"}, "project_slug"),
+    # Jinja in an answer: cookiecutter would evaluate it.
+    ({"project_name": "Lab {{ 7 * 7 }}"}, "project_name"),
+    ({"project_name": "Lab {% if 1 %}x{% endif %}"}, "project_name"),
+    ({"project_name": "Lab {# note #}"}, "project_name"),
+    ({"project_name": "Lab {{ unclosed"}, "project_name"),
 ]
 
 # Values that are not among cookiecutter.json's choices: cookiecutter itself refuses them

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import keyword
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from .table import (
     build_spec,
     framework_builds,
     framework_version,
+    importable_modules,
     lock_key,
     shipped_lock,
 )
@@ -23,8 +25,18 @@ from .table import (
 # Ids that exist in every base image and must not be renamed to the project's user.
 RESERVED_IDS = {0: "root", 65534: "nobody / nogroup"}
 MAX_ID = 4294967294  # 2**32 - 2: (uid_t)-1 means "no change" to chown
+# Debian and Ubuntu give uids 1-99 to system accounts statically (daemon, bin, www-data,
+# ...: Debian policy 9.2.2), so the base image has them and no person's account does
+# (Linux starts people at 1000, macOS at 501). Groups may collide safely: an existing
+# group is reused as it is (macOS's gid 20 is Ubuntu's "dialout").
+SYSTEM_UID_MAX = 99
 SLUG_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
+# Docker image names separate their parts with one or two '_' and end in a letter or digit.
+IMAGE_NAME_RE = re.compile(r"[a-z0-9]+(?:_{1,2}[a-z0-9]+)*\Z")
 INT_RE = re.compile(r"[0-9]+\Z")
+# What Jinja reads as the start of a tag: cookiecutter renders answers given on the
+# command line, in a replay file or by `cruft update` as templates (see README: Limits).
+JINJA_MARKERS = ("{{", "{%", "{#")
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,24 @@ def _parse_int(value: object) -> int | None:
     return None
 
 
+def _check_zero_padded(field: str, value: object) -> list[Problem]:
+    """0501 is 501 to Python and Compose but 321 to `install -o` and other tools that read
+    a leading zero as octal: refused, so every file holds the one spelling."""
+    if isinstance(value, str) and INT_RE.match(value) and len(value) > 1 and value.startswith("0"):
+        return [
+            Problem(
+                field,
+                value,
+                "a leading zero makes some tools read the number as octal",
+                f"answer {int(value)}",
+            )
+        ]
+    return []
+
+
 def _check_port(field: str, value: object, low: int, why_low: str) -> list[Problem]:
+    if padded := _check_zero_padded(field, value):
+        return padded
     port = _parse_int(value)
     if port is None or not 1 <= port <= 65535:
         return [
@@ -74,6 +103,8 @@ def _check_id(field: str, value: object) -> list[Problem]:
     number = _parse_int(value)
     what = "user" if field == "uid" else "group"
     host_cmd = "id -u" if field == "uid" else "id -g"
+    if padded := _check_zero_padded(field, value):
+        return padded
     if number is None or number > MAX_ID:
         return [
             Problem(
@@ -89,6 +120,16 @@ def _check_id(field: str, value: object) -> list[Problem]:
                 field,
                 value,
                 f"{number} is {RESERVED_IDS[number]} in every base image; the container user must be an ordinary {what}",
+                f"answer the output of `{host_cmd}` as your normal user, or 1000",
+            )
+        ]
+    if field == "uid" and number <= SYSTEM_UID_MAX:
+        return [
+            Problem(
+                field,
+                value,
+                f"uids 1 to {SYSTEM_UID_MAX} are system accounts (daemon, bin, www-data, ...) in Debian and Ubuntu "
+                "images, so the base image already has this one, with a home of its own",
                 f"answer the output of `{host_cmd}` as your normal user, or 1000",
             )
         ]
@@ -124,7 +165,61 @@ def _check_names(answers: dict) -> list[Problem]:
         )
     elif len(slug) > 60:
         problems.append(Problem("project_slug", slug, "it is longer than 60 characters", "answer a shorter slug"))
+    elif not IMAGE_NAME_RE.match(slug):
+        fixed = re.sub(r"_{3,}", "__", slug).rstrip("_")
+        problems.append(
+            Problem(
+                "project_slug",
+                slug,
+                "it names the Docker image, whose names end in a letter or digit and separate words "
+                "with one or two '_'",
+                f"answer e.g. '{fixed}'",
+            )
+        )
+    elif slug in (shadowed := importable_modules(str(answers.get("framework")))):
+        problems.append(
+            Problem(
+                "project_slug",
+                slug,
+                f"the environment installs a module of that name (from {shadowed[slug]}), and src/ comes first "
+                f"on the container's PYTHONPATH, so `import {slug}` would find the project instead",
+                f"answer e.g. '{slug}_project'",
+            )
+        )
     return problems
+
+
+def _check_no_jinja(answers: dict) -> list[Problem]:
+    """An answer holding Jinja syntax is evaluated (can run code) wherever cookiecutter
+    renders answers as templates: refused, so the project never carries one."""
+    return [
+        Problem(
+            field,
+            value,
+            "it holds Jinja syntax ('{{', '{%' or '{#'), which cookiecutter evaluates in answers given on the "
+            "command line, in replay files and on `cruft update`",
+            "answer without those characters",
+        )
+        for field, value in answers.items()
+        if not field.startswith("_") and isinstance(value, str) and any(mark in value for mark in JINJA_MARKERS)
+    ]
+
+
+def check_derived(answers: dict, table: dict | None = None) -> list[Problem]:
+    """The private ``__`` values must be what the template derives from the answers:
+    cookiecutter lets the command line (or a replay file) set them too, and the
+    Dockerfile and lock would then follow a value no rule checked."""
+    derived = compat.derive(answers, table)
+    return [
+        Problem(
+            f"__{key}",
+            answers[f"__{key}"],
+            "the template derives this value from the other answers; it cannot be given",
+            f"leave it out (from these answers it is {expected!r})",
+        )
+        for key, expected in derived.items()
+        if f"__{key}" in answers and answers[f"__{key}"] != expected
+    ]
 
 
 def _check_choice(table: dict, field: str, section: dict, value: object) -> list[Problem]:
@@ -204,7 +299,8 @@ def _check_combination(table: dict, answers: dict) -> list[Problem]:
 def validate(answers: dict, table: dict | None = None) -> list[Problem]:
     """Every problem with the answers; an empty list means generation may go on."""
     table = table or compat.load_table()
-    problems = _check_names(answers)
+    problems = _check_no_jinja(answers)
+    problems += _check_names(answers)
     problems += _check_port(
         "jupyter_host_port",
         answers.get("jupyter_host_port"),
@@ -230,8 +326,56 @@ def validate(answers: dict, table: dict | None = None) -> list[Problem]:
         problems += found
     if not any(choices):
         problems += _check_combination(table, answers)
+    if not problems:
+        problems += check_derived(answers, table)
     return problems
 
 
-# ---------------------------------------------------------------------------------------
-# Host defaults
+def refusal(problems: list[Problem], answers: dict) -> str:
+    """The whole message for refused answers: each problem, then what works to run again.
+
+    (`cookiecutter --replay` does not: it replays the refused answers too.) Answers given
+    on the command line become the defaults of their questions, so the line printed keeps
+    every accepted answer and leaves the refused ones to their questions.
+    """
+    refused = {name.strip() for problem in problems for name in problem.field.split("/")}
+    kept = [
+        f"{field}={shlex.quote(str(value))}"
+        for field, value in answers.items()
+        if not field.startswith("_") and field not in refused and isinstance(value, (str, int))
+    ]
+    questions = sorted(name for name in refused if name in answers and not name.startswith("_"))
+    derived = sorted(name for name in refused if name.startswith("__"))
+    steps = []
+    if questions:
+        steps.append(f"answer {', '.join(questions)} with the fix")
+    if derived:
+        steps.append(f"leave out {', '.join(derived)}")
+    if not questions and not derived:
+        steps.append("fix what is named above")
+    lines = [*(str(problem) for problem in problems), ""]
+    lines.append(
+        f"Nothing was generated ({len(problems)} refused). Run cookiecutter again and {' and '.join(steps)}"
+        + (": this line keeps your other answers as the questions' defaults:" if kept else ".")
+    )
+    if kept:
+        template = shlex.quote(str(answers["_template"])) if answers.get("_template") else "<template>"
+        lines.append(f"  cookiecutter {template} {' '.join(kept)}")
+    return "\n".join(lines)
+
+
+def refuse(problems: list[Problem], answers: dict):
+    """Stop cookiecutter (or cruft) with the refusal as the last thing on screen.
+
+    The exception is cookiecutter's FailedHookException, which its command line prints
+    alone, and a SystemExit, which ends cruft quietly after printing it; either way
+    nothing has been written yet.
+    """
+    from cookiecutter.exceptions import FailedHookException
+
+    class AnswersRefused(FailedHookException, SystemExit):
+        def __init__(self, message: str):
+            super().__init__(message)
+            self.code = message  # printed by Python at exit, with status 1
+
+    raise AnswersRefused(refusal(problems, answers))

@@ -266,7 +266,3 @@ def host_notes(answers: dict, host: HostGPUs | None, table: dict | None = None) 
             f"at the first operation.{instead} Ignore this if the project is for another machine."
         )
     return [note]
-
-
-# ---------------------------------------------------------------------------------------
-# Where the project came from (for `cruft update`)

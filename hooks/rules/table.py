@@ -4,6 +4,7 @@ prompts' labels, the values computed once from the answers, the locks the templa
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import re
 from functools import cache
@@ -240,3 +241,36 @@ def framework_version(framework: dict) -> str:
 
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
+
+
+# A package's name in each lock format: uv.lock and poetry.lock (TOML, read with a pattern:
+# the hooks may run on Python 3.10, which has no tomllib) and requirements.txt.
+_LOCKED_NAME = re.compile(r'^\[\[package\]\]\r?\nname = "([^"]+)"|^([A-Za-z0-9][A-Za-z0-9._-]*)==', re.MULTILINE)
+
+
+def normalized_name(name: str) -> str:
+    """A package name as PEP 503 compares it, with '_' (its module's usual spelling)."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+@cache
+def importable_modules(framework: str) -> dict[str, str]:
+    """Top-level module names the framework's environment installs, each with its
+    package: every package in the framework's shipped locks (any Python, any manager, so
+    builds whose lock the project writes itself are covered), under its own name and
+    the names compat.yaml lists for it."""
+    renames = load_table().get("import_names", {})
+    modules: dict[str, str] = {}
+    for lock in sorted(LOCKS_DIR.glob(f"{framework}-*/*")):
+        if lock.name not in {files[1] for files in MANAGER_FILES.values()}:
+            continue
+        for match in _LOCKED_NAME.finditer(lock.read_text(encoding="utf-8")):
+            package = (match.group(1) or match.group(2)).lower()
+            if "{" in package:  # the project itself, in the shipped lock's template
+                continue
+            names = [normalized_name(package)]
+            for pattern, listed in renames.items():
+                if fnmatch.fnmatchcase(package, pattern):
+                    names += listed
+            modules.update({name: package for name in names if name not in modules})
+    return modules

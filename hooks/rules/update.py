@@ -59,7 +59,3 @@ def cruft_record(answers: dict, repo_dir: Path = REPO_DIR) -> dict:
         "directory": None,
         "skip": UPDATE_SKIP,
     }
-
-
-# ---------------------------------------------------------------------------------------
-# Jinja: what the templates and cookiecutter.json can call
