@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import json5
 import pytest
@@ -347,3 +347,19 @@ def test_regeneration_with_other_ids_is_refused_and_changes_nothing(tmp_path):
     result = generate(out, "uid=4322", "gid=4322", overwrite=True)
     assert result.returncode == 1
     assert "src/ belongs to 4321:4321, and generation does not re-own the user's files" in result.stderr
+
+
+@as_root
+def test_the_hand_over_stops_at_a_link_planted_after_the_checks(tmp_path, decoy):
+    """A link that appears between the pre-generation checks and the hand-over (a race)
+    is not followed: nothing under it, whichever path leads there, changes owner."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "docker").symlink_to(decoy)
+    (project / "src" / "mine.py").write_text("")
+    before = snapshot(decoy)
+    paths = [PurePosixPath(p) for p in ("docker", "docker/Makefile", "docker/inner/gpu_check.ipynb", "src")]
+    template_rules.hand_over(project, paths, 4321, 4321)
+    assert snapshot(decoy) == before
+    assert (project / "src").stat().st_uid == 4321
+    assert (project / "src" / "mine.py").stat().st_uid == 0  # not on the list: the user's own

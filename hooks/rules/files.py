@@ -57,6 +57,27 @@ def written_paths(slug: str) -> list[PurePosixPath]:
     return sorted(paths)
 
 
+def _on_the_way(project: Path, paths: list[PurePosixPath], visit) -> None:
+    """visit(part, path, lstat) for the project folder, each path and every folder on the
+    way to it, once each, from the project down. A path is not followed past a part that
+    is missing or for which visit returns False (a link): nothing beyond it is looked
+    at, whichever path leads there."""
+    outcome: dict[PurePosixPath, bool] = {}
+    for relative in paths:
+        for depth in range(len(relative.parts) + 1):
+            part = PurePosixPath(*relative.parts[:depth])
+            if part not in outcome:
+                path = project / part
+                try:
+                    info = path.lstat()
+                except FileNotFoundError:
+                    outcome[part] = False
+                else:
+                    outcome[part] = visit(part, path, info) is not False
+            if not outcome[part]:
+                break
+
+
 def _link_target(path: Path) -> str:
     try:
         return os.readlink(path)
@@ -78,41 +99,39 @@ def link_problems(project: Path, slug: str) -> list[Problem]:
             )
         ]
     problems: list[Problem] = []
-    seen: set[PurePosixPath] = set()
-    for relative in written_paths(slug):
-        for depth in range(1, len(relative.parts) + 1):
-            part = PurePosixPath(*relative.parts[:depth])
-            if part in seen:
-                continue
-            seen.add(part)
-            path = project / part
-            try:
-                info = path.lstat()
-            except FileNotFoundError:
-                break
-            if stat.S_ISLNK(info.st_mode):
-                problems.append(
-                    Problem(
-                        str(part),
-                        str(path),
-                        f"it is a symbolic link (to {_link_target(path)}) where the template writes "
-                        f"{'into' if depth < len(relative.parts) or part.name in USER_DIRS else 'a file'}; "
-                        "generation never writes or changes owners through a link",
-                        f"replace the link with a real {'folder' if depth < len(relative.parts) else 'file'} "
-                        "(move what it points to into the project, or bind-mount it in a compose override)",
-                    )
+
+    def check(part: PurePosixPath, path: Path, info: os.stat_result) -> bool:
+        if stat.S_ISLNK(info.st_mode):
+            inside = (
+                path.is_dir()
+                or part.name in USER_DIRS
+                or any(written.parts[: len(part.parts)] == part.parts and written != part for written in paths)
+            )
+            problems.append(
+                Problem(
+                    str(part),
+                    str(path),
+                    f"it is a symbolic link (to {_link_target(path)}) where the template writes "
+                    f"{'into a folder' if inside else 'a file'}; generation never writes or changes owners through a link",
+                    f"replace the link with a real {'folder' if inside else 'file'} "
+                    "(move what it points to into the project, or bind-mount it in a compose override)",
                 )
-                break
-            if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
-                problems.append(
-                    Problem(
-                        str(part),
-                        str(path),
-                        f"it has {info.st_nlink - 1} other hard link(s): rewriting it would change them too",
-                        f"replace it with a copy of its own: cp --remove-destination {part} {part}.copy && "
-                        f"mv {part}.copy {part}",
-                    )
+            )
+            return False
+        if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+            problems.append(
+                Problem(
+                    str(part),
+                    str(path),
+                    f"it has {info.st_nlink - 1} other hard link(s): rewriting it would change them too",
+                    f"replace it with a copy of its own: cp --remove-destination {part} {part}.copy && "
+                    f"mv {part}.copy {part}",
                 )
+            )
+        return True
+
+    paths = written_paths(slug)
+    _on_the_way(project, paths, check)
     return problems
 
 
@@ -196,20 +215,12 @@ def hand_over(project: Path, paths: list[PurePosixPath], uid: int, gid: int) -> 
     generated it (root generating for another user: sudo, a shared server). Only those
     paths and the folders on the way to them: the user's own files keep their owners.
     Never through a link: lchown, on paths whose every folder was checked before."""
-    done: set[PurePosixPath] = set()
-    targets = [PurePosixPath("."), *paths]
-    for relative in targets:
-        for depth in range(len(relative.parts) + 1):
-            part = PurePosixPath(*relative.parts[:depth]) if depth else PurePosixPath(".")
-            if part in done:
-                continue
-            done.add(part)
-            path = project / part
-            try:
-                info = path.lstat()
-            except FileNotFoundError:
-                break
-            if stat.S_ISLNK(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_nlink > 1):
-                break
-            if (info.st_uid, info.st_gid) != (uid, gid):
-                os.lchown(path, uid, gid)
+
+    def give(part: PurePosixPath, path: Path, info: os.stat_result) -> bool:
+        if stat.S_ISLNK(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_nlink > 1):
+            return False
+        if (info.st_uid, info.st_gid) != (uid, gid):
+            os.lchown(path, uid, gid)
+        return True
+
+    _on_the_way(project, [PurePosixPath("."), *paths], give)
