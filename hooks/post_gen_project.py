@@ -7,7 +7,7 @@ Reads as a decision table: main() calls one small named helper per decision.
 import json
 import os
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
@@ -54,14 +54,20 @@ def remove_update_record_without_commit() -> bool:
     return record.is_file()
 
 
-def create_user_dirs() -> None:
-    """The bind-mounted folders, before Docker can create them as root."""
+def create_user_dirs() -> list[PurePosixPath]:
+    """The bind-mounted folders, before Docker can create them as root. Returns what it
+    created (folders, .gitignore files): what the user had stays as it is."""
+    created = []
     for name in template_rules.USER_DIRS:
-        (PROJECT / name).mkdir(exist_ok=True)
+        if not (PROJECT / name).is_dir():
+            (PROJECT / name).mkdir()
+            created.append(PurePosixPath(name))
     for name in template_rules.UNTRACKED_DIRS:
         ignore = PROJECT / name / ".gitignore"
-        if not ignore.exists():
+        if not os.path.lexists(ignore):
             ignore.write_text("# Contents stay on this machine: not for git.\n*\n!.gitignore\n", encoding="utf-8")
+            created.append(PurePosixPath(name, ".gitignore"))
+    return created
 
 
 def write_env_file() -> bool:
@@ -81,20 +87,28 @@ def write_env_file() -> bool:
     return outcome == "created"
 
 
-def place_starter_files() -> None:
+def place_starter_files() -> list[PurePosixPath]:
     """The package's __init__.py and the first notebook, only where the user has none:
-    regenerating keeps the user's versions."""
-    template_rules.place_starter_files(PROJECT)
+    regenerating keeps the user's versions. Returns the files placed."""
+    return template_rules.place_starter_files(PROJECT, SLUG)
 
 
-def hand_over_to_configured_user(uid: int, gid: int) -> None:
+def what_generation_wrote(created: list[PurePosixPath], env_written: bool) -> list[PurePosixPath]:
+    """The template's files (cookiecutter rewrites them all), the folders and files the
+    hooks created, .env when it is new, and the GPU compose file (always rewritten)."""
+    rendered = [path for path in template_rules.rendered_paths(SLUG) if path.parts[0] != template_rules.STARTER_DIR]
+    written = [PurePosixPath("compose.gpu.yaml"), *([PurePosixPath(".env")] if env_written else [])]
+    return [*rendered, *created, *written]
+
+
+def hand_over_to_configured_user(paths: list[PurePosixPath], uid: int, gid: int) -> None:
     """When root generates the project for another user (sudo, a shared server), give
     what generation wrote to that user, as if they had generated it: the container user
     (same ids) must be able to write into the bind mounts. The user's own files keep
-    their owners (the pre-generation hook made sure the ids agree with theirs)."""
+    their owners (the pre-generation hook made sure the ids agree with the project's)."""
     if getattr(os, "geteuid", lambda: -1)() != 0 or (uid, gid) == (0, 0):
         return
-    template_rules.hand_over(PROJECT, template_rules.written_paths(SLUG), uid, gid)
+    template_rules.hand_over(PROJECT, paths, uid, gid)
 
 
 def first_lock_note(lock_shipped: bool) -> str:
@@ -138,10 +152,10 @@ def main() -> None:
     remove_other_managers_files(ANSWERS["dependency_manager"])
     keep_readme_languages(ANSWERS["readme_language"])
     updatable = remove_update_record_without_commit()
-    create_user_dirs()
-    place_starter_files()
+    created = create_user_dirs() + place_starter_files()
     env_written = write_env_file()
-    hand_over_to_configured_user(int(ANSWERS["uid"]), int(ANSWERS["gid"]))
+    written = what_generation_wrote(created, env_written)
+    hand_over_to_configured_user(written, int(ANSWERS["uid"]), int(ANSWERS["gid"]))
     print_next_steps(env_written, updatable, template_rules.lock_is_shipped(ANSWERS))
 
 

@@ -26,6 +26,9 @@ import pytest
 from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parent.parent
+# Tests load the project's scripts from the template folder: no __pycache__ there, or
+# cookiecutter would copy it into every project generated afterwards.
+sys.dont_write_bytecode = True
 sys.path.insert(0, str(TEMPLATE / "hooks"))
 sys.path.insert(0, str(TEMPLATE))  # template_jinja, as cookiecutter loads it
 

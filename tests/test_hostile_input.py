@@ -55,7 +55,9 @@ def test_a_refusal_is_the_last_thing_on_screen_and_its_command_line_works(tmp_pa
     assert "ERROR: uid = '0501': a leading zero makes some tools read the number as octal\n  Fix: answer 501" in output
     assert "Traceback" not in output and "--replay" not in output
     message, command = last_lines(output)
-    assert message.startswith("Nothing was generated (1 refused). Run cookiecutter again and answer uid with the fix")
+    assert message.startswith(
+        "Nothing was generated (1 refused). Run it again (cookiecutter or cruft create) and answer uid"
+    )
     # The line keeps every other answer; with the fix added it generates the project.
     assert command.startswith("  cookiecutter <template> project_name='Line Lab' ")
     kept = shlex.split(command)[2:]
@@ -278,11 +280,16 @@ def plant(project: Path, decoy: Path, case: str) -> str:
         (project / "Makefile").unlink()
         os.link(decoy / "Makefile", project / "Makefile")
         return "Makefile"
+    elif case == "starter":
+        # Staged files generation would move into place: a link to a file outside.
+        (project / ".starter").mkdir()
+        (project / ".starter" / "compose.gpu.yaml").symlink_to(decoy / "secret.txt")
+        return ".starter"
     return case
 
 
 @as_root
-@pytest.mark.parametrize("case", ["src", "data", "notebook", "env", "docker", "hardlink"])
+@pytest.mark.parametrize("case", ["src", "data", "notebook", "env", "docker", "hardlink", "starter"])
 def test_regeneration_as_root_never_writes_through_a_link(tmp_path, decoy, case):
     out = tmp_path / "out"
     assert generate(out, *IDS).returncode == 0
@@ -322,6 +329,10 @@ def test_regeneration_keeps_the_users_files_and_their_owners(tmp_path):
     os.chown(foreign, 5555, 5555)
     (project / "Makefile").unlink()
     env_before = (project / ".env").read_text()
+    # Files of the user's that a teammate (uid 2000) wrote last: they keep that owner.
+    theirs = [package, notebook, project / "data" / ".gitignore"]
+    for path in theirs:
+        os.chown(path, 2000, 2000)
 
     assert generate(out, *IDS, overwrite=True).returncode == 0
     assert package.read_text() == "MINE = 1\n" and notebook.read_text() == '{"mine": true}\n'
@@ -329,6 +340,7 @@ def test_regeneration_keeps_the_users_files_and_their_owners(tmp_path):
     assert (project / "Makefile").is_file() and (project / "Makefile").stat().st_uid == 4321
     assert (project / ".env").read_text() == env_before
     assert not (project / template_rules.STARTER_DIR).exists()
+    assert [(path.stat().st_uid, path.stat().st_gid) for path in theirs] == [(2000, 2000)] * 3
 
 
 @as_root
@@ -363,3 +375,91 @@ def test_the_hand_over_stops_at_a_link_planted_after_the_checks(tmp_path, decoy)
     assert snapshot(decoy) == before
     assert (project / "src").stat().st_uid == 4321
     assert (project / "src" / "mine.py").stat().st_uid == 0  # not on the list: the user's own
+
+
+@as_root
+def test_a_link_in_place_of_the_env_files_temporary_is_replaced_not_followed(tmp_path, decoy):
+    out = tmp_path / "out"
+    assert generate(out, *IDS).returncode == 0
+    project = out / "gpu_lab"
+    (project / ".env").unlink()
+    (project / "..env.tmp").symlink_to(decoy / "secret.txt")
+    (project / ".compose.gpu.yaml.tmp").symlink_to(decoy / "Makefile")
+    before = snapshot(decoy)
+    result = generate(out, *IDS, overwrite=True)
+    assert result.returncode == 0, result.stderr
+    assert snapshot(decoy) == before
+    env = project / ".env"
+    assert not env.is_symlink() and env.stat().st_uid == 4321 and "JUPYTER_TOKEN=" in env.read_text()
+
+
+@as_root
+def test_a_root_owned_user_folder_is_refused_with_a_fix_that_works(tmp_path):
+    """Docker created data/ as root (the README's own trouble case): the fix is the chown,
+    not answering root's ids."""
+    out = tmp_path / "out"
+    assert generate(out, *IDS).returncode == 0
+    project = out / "gpu_lab"
+    (project / ".env").unlink()
+    os.chown(project / "data", 0, 0)
+    result = generate(out, *IDS, overwrite=True)
+    assert result.returncode == 1
+    assert "data/ belongs to 0:0" in result.stderr
+    assert "give the folders to the project's user first: sudo chown -R 4321:4321 src notebooks data cache" in (
+        result.stderr
+    )
+    assert "answer uid=0" not in result.stderr
+
+
+def test_an_env_file_that_is_not_utf8_is_refused_before_regeneration(tmp_path):
+    out = tmp_path / "out"
+    assert generate(out).returncode == 0
+    project = out / "gpu_lab"
+    makefile = (project / "Makefile").read_bytes()
+    with open(project / ".env", "ab") as env:
+        env.write(b"# caf\xe9\n")
+    (project / "Makefile").write_text("mine\n")
+    result = generate(out, overwrite=True)
+    assert result.returncode == 1
+    assert "ERROR: .env = " in result.stderr and "is not UTF-8" in result.stderr
+    assert (project / "Makefile").read_text() == "mine\n" and makefile != b"mine\n"  # nothing rewritten
+
+
+def test_generation_leaves_no_bytecode_behind(tmp_path):
+    """The hooks load the project's docker/setup_env.py: as root they would leave a
+    root-owned __pycache__ in the user's project."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    assert generate(tmp_path, env=env).returncode == 0
+    assert list((tmp_path / "gpu_lab").rglob("__pycache__")) == []
+    assert list((TEMPLATE / "{{cookiecutter.project_slug}}").rglob("__pycache__")) == []
+
+
+def test_nvidia_smi_output_that_is_not_utf8_does_not_stop_generation(bake, tmp_path, monkeypatch):
+    from conftest import fake_nvidia_smi
+
+    fake_nvidia_smi(tmp_path, monkeypatch, r"printf '\377\376535.86\200, 8.6\n'")
+    assert template_rules.host_gpus() is None
+    baked = bake(cuda_version="13.0")
+    assert baked.exit_code == 0, baked.output
+    assert "Traceback" not in baked.output
+
+
+def test_relock_renders_a_combination_whose_lock_is_not_shipped_yet(tmp_path, monkeypatch):
+    """The answers are checked while cookiecutter renders them; scripts/relock.py renders
+    a combination to write its first lock, so that check leaves the missing lock to the
+    hook."""
+    import template_jinja
+
+    sys.path.insert(0, str(TEMPLATE / "scripts"))
+    import relock
+
+    monkeypatch.setattr(template_rules.table, "LOCKS_DIR", tmp_path / "no-locks")
+    monkeypatch.setattr(template_jinja, "load_rules", lambda: template_rules)
+    relock.render(relock.parse_key("pytorch-cu130-py3.12-pip"), tmp_path / "out", ["requirements.in"])
+    assert "torch==" in (tmp_path / "out" / "requirements.in").read_text()
+    answers = {**relock.parse_key("pytorch-cu130-py3.12-pip"), "project_name": "x", "project_slug": "x",
+               "jupyter_host_port": "1", "jupyter_container_port": "8888", "uid": "1000", "gid": "1000",
+               "readme_language": "en"}  # fmt: skip
+    assert [problem.why for problem in template_rules.validate(answers)] == [
+        "this combination is not built yet in this version of the template (no lock is shipped for it)"
+    ]

@@ -53,6 +53,7 @@ BAD_VALUES = [
     ({"uid": 1}, "uid"),
     ({"uid": 33}, "uid"),
     ({"uid": 99}, "uid"),
+    ({"uid": 100, "python_version": "3.10"}, "uid"),  # Ubuntu 22.04's _apt
     # Not a Docker image name: a trailing '_' or three in a row.
     ({"project_slug": "lab_"}, "project_slug"),
     ({"project_slug": "my___lab"}, "project_slug"),

@@ -99,7 +99,7 @@ def _check_port(field: str, value: object, low: int, why_low: str) -> list[Probl
     return []
 
 
-def _check_id(field: str, value: object) -> list[Problem]:
+def _check_id(field: str, value: object, python: object = None) -> list[Problem]:
     number = _parse_int(value)
     what = "user" if field == "uid" else "group"
     host_cmd = "id -u" if field == "uid" else "id -g"
@@ -120,6 +120,17 @@ def _check_id(field: str, value: object) -> list[Problem]:
                 field,
                 value,
                 f"{number} is {RESERVED_IDS[number]} in every base image; the container user must be an ordinary {what}",
+                f"answer the output of `{host_cmd}` as your normal user, or 1000",
+            )
+        ]
+    base_accounts = compat.load_table()["python"].get(python, {}).get("system_uids", {}) if python else {}
+    if field == "uid" and number in base_accounts:
+        ubuntu = compat.load_table()["python"][python]["ubuntu"]
+        return [
+            Problem(
+                field,
+                value,
+                f"it is {base_accounts[number]}, a system account of the Ubuntu {ubuntu} base image (Python {python})",
                 f"answer the output of `{host_cmd}` as your normal user, or 1000",
             )
         ]
@@ -215,7 +226,7 @@ def check_derived(answers: dict, table: dict | None = None) -> list[Problem]:
             f"__{key}",
             answers[f"__{key}"],
             "the template derives this value from the other answers; it cannot be given",
-            f"leave it out (from these answers it is {expected!r})",
+            f"leave it out of the command line (or the replay file): from these answers it is {expected!r}",
         )
         for key, expected in derived.items()
         if f"__{key}" in answers and answers[f"__{key}"] != expected
@@ -241,7 +252,7 @@ def _check_cuda(table: dict, value: object) -> list[Problem]:
     ]
 
 
-def _check_combination(table: dict, answers: dict) -> list[Problem]:
+def _check_combination(table: dict, answers: dict, require_lock: bool = True) -> list[Problem]:
     framework_name = answers["framework"]
     framework = table["frameworks"][framework_name]
     cuda, python = answers["cuda_version"], answers["python_version"]
@@ -283,7 +294,7 @@ def _check_combination(table: dict, answers: dict) -> list[Problem]:
     key = lock_key(framework_name, cuda, python, manager)
     # A build from PyTorch's index may come without a lock: the index is not reachable
     # where the template is maintained, and the project's first `make lock` writes it.
-    if build["source"] != "index" and not shipped_lock(key, manager).is_file():
+    if require_lock and build["source"] != "index" and not shipped_lock(key, manager).is_file():
         offered = sorted(path.name for path in compat.LOCKS_DIR.iterdir()) if compat.LOCKS_DIR.is_dir() else []
         problems.append(
             Problem(
@@ -296,8 +307,10 @@ def _check_combination(table: dict, answers: dict) -> list[Problem]:
     return problems
 
 
-def validate(answers: dict, table: dict | None = None) -> list[Problem]:
-    """Every problem with the answers; an empty list means generation may go on."""
+def validate(answers: dict, table: dict | None = None, require_lock: bool = True) -> list[Problem]:
+    """Every problem with the answers; an empty list means generation may go on.
+    require_lock=False leaves out "no lock is shipped for this combination", which
+    scripts/relock.py renders to write that lock (the hook still refuses it)."""
     table = table or compat.load_table()
     problems = _check_no_jinja(answers)
     problems += _check_names(answers)
@@ -313,7 +326,7 @@ def validate(answers: dict, table: dict | None = None) -> list[Problem]:
         1024,
         "Jupyter runs as a non-root user inside the container, and ports below 1024 need privileges on some engines",
     )
-    problems += _check_id("uid", answers.get("uid"))
+    problems += _check_id("uid", answers.get("uid"), answers.get("python_version"))
     problems += _check_id("gid", answers.get("gid"))
     choices = [
         _check_choice(table, "framework", table["frameworks"], answers.get("framework")),
@@ -325,7 +338,7 @@ def validate(answers: dict, table: dict | None = None) -> list[Problem]:
     for found in choices:
         problems += found
     if not any(choices):
-        problems += _check_combination(table, answers)
+        problems += _check_combination(table, answers, require_lock)
     if not problems:
         problems += check_derived(answers, table)
     return problems
@@ -355,8 +368,9 @@ def refusal(problems: list[Problem], answers: dict) -> str:
         steps.append("fix what is named above")
     lines = [*(str(problem) for problem in problems), ""]
     lines.append(
-        f"Nothing was generated ({len(problems)} refused). Run cookiecutter again and {' and '.join(steps)}"
-        + (": this line keeps your other answers as the questions' defaults:" if kept else ".")
+        f"Nothing was generated ({len(problems)} refused). Run it again (cookiecutter or cruft create) and "
+        f"{' and '.join(steps)}"
+        + ("; with cookiecutter, this line keeps your other answers as the questions' defaults:" if kept else ".")
     )
     if kept:
         template = shlex.quote(str(answers["_template"])) if answers.get("_template") else "<template>"

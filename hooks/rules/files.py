@@ -14,7 +14,7 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from . import table as compat
-from .answers import Problem
+from .answers import RESERVED_IDS, Problem
 
 # Host directories bind-mounted into the container. They must exist before the first
 # `docker compose up`, or Docker creates them owned by root and the container user
@@ -33,11 +33,11 @@ _SLUG_IN_NAMES = "{{cookiecutter.project_slug}}"
 
 
 def rendered_paths(slug: str) -> list[PurePosixPath]:
-    """Every file and folder cookiecutter renders, relative to the project."""
+    """Every file and folder cookiecutter renders, relative to the project (whatever the
+    template folder holds: cookiecutter copies a stray __pycache__ too)."""
     return [
         PurePosixPath(path.relative_to(compat.PROJECT_TEMPLATE).as_posix().replace(_SLUG_IN_NAMES, slug))
         for path in sorted(compat.PROJECT_TEMPLATE.rglob("*"))
-        if "__pycache__" not in path.parts and ".ruff_cache" not in path.parts
     ]
 
 
@@ -99,6 +99,18 @@ def link_problems(project: Path, slug: str) -> list[Problem]:
             )
         ]
     problems: list[Problem] = []
+    if os.path.lexists(project / STARTER_DIR):
+        # Generation's own staging folder, never left behind: one found here was put here,
+        # and its files would be moved into the project unchecked.
+        problems.append(
+            Problem(
+                STARTER_DIR,
+                str(project / STARTER_DIR),
+                "generation stages the template's first files here and leaves nothing behind: this one was put "
+                "here by hand or by a generation that was interrupted",
+                f"look at what it holds, then remove it: rm -r {project / STARTER_DIR}",
+            )
+        )
 
     def check(part: PurePosixPath, path: Path, info: os.stat_result) -> bool:
         if stat.S_ISLNK(info.st_mode):
@@ -152,6 +164,13 @@ def regeneration_problems(project: Path, answers: dict, as_root: bool) -> list[P
     unwritable; changing the user is a step of its own (README: Troubleshooting)."""
     wanted = {"USER_UID": str(answers.get("uid")), "USER_GID": str(answers.get("gid"))}
     problems = []
+    env = project / ".env"
+    if env.is_file() and not env.is_symlink():
+        setup = compat.load_module(compat.PROJECT_TEMPLATE / "docker" / "setup_env.py", "_rules_setup_env")
+        _, not_utf8 = setup.decode_env(env.read_bytes())
+        if not_utf8:
+            # The hook reads .env to keep its token: it must be text.
+            return [Problem(".env", str(env), setup.not_utf8_problem(".env", not_utf8), setup.not_utf8_fix(".env"))]
     have = env_ids(project)
     for key, field in (("USER_UID", "uid"), ("USER_GID", "gid")):
         if key in have and have[key] != wanted[key]:
@@ -178,35 +197,40 @@ def regeneration_problems(project: Path, answers: dict, as_root: bool) -> list[P
                         f"{answers.get('uid')}, {answers.get('gid')}",
                         f"{name}/ belongs to {owner.st_uid}:{owner.st_gid}, and generation does not re-own the "
                         "user's files",
-                        f"answer uid={owner.st_uid} gid={owner.st_gid}, or first "
-                        f"sudo chown -R {wanted['USER_UID']}:{wanted['USER_GID']} {' '.join(USER_DIRS)}",
+                        (
+                            f"answer uid={owner.st_uid} gid={owner.st_gid}, or first "
+                            if owner.st_uid not in RESERVED_IDS and owner.st_gid not in RESERVED_IDS
+                            else "give the folders to the project's user first: "
+                        )
+                        + f"sudo chown -R {wanted['USER_UID']}:{wanted['USER_GID']} {' '.join(USER_DIRS)}",
                     )
                 )
                 break
     return problems
 
 
-def place_starter_files(project: Path) -> list[PurePosixPath]:
-    """Move each starter file into place where the user has nothing yet; drop the rest.
-    Returns the files placed."""
+def place_starter_files(project: Path, slug: str) -> list[PurePosixPath]:
+    """Move each of the template's starter files into place where the user has nothing
+    yet (not even a link), drop the rest, and remove the staging folder. Only the files
+    the template has are looked at. Returns the files placed."""
     starter = project / STARTER_DIR
     placed = []
-    if not starter.is_dir() or starter.is_symlink():
-        return placed
-    for path in sorted(starter.rglob("*")):
-        if path.is_dir():
+    for relative in starter_destinations(slug):
+        staged, target = starter / relative, project / relative
+        if not staged.is_file() or staged.is_symlink():
             continue
-        relative = PurePosixPath(path.relative_to(starter).as_posix())
-        target = project / relative
         if os.path.lexists(target):
-            path.unlink()
+            staged.unlink()
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        path.replace(target)
+        staged.replace(target)
         placed.append(relative)
-    for folder in sorted((path for path in starter.rglob("*") if path.is_dir()), reverse=True):
-        folder.rmdir()
-    starter.rmdir()
+    for relative in sorted(
+        (path for path in rendered_paths(slug) if path.parts[0] == STARTER_DIR), key=lambda p: -len(p.parts)
+    ):
+        path = project / relative
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
     return placed
 
 

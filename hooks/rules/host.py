@@ -162,12 +162,13 @@ NVIDIA_SMI_TIMEOUT_S = 5
 
 
 def _nvidia_smi(smi: str, fields: str) -> list[list[str]] | None:
-    """Rows of `nvidia-smi --query-gpu=<fields>`, one per GPU; None when it fails or hangs."""
+    """Rows of `nvidia-smi --query-gpu=<fields>`, one per GPU; None when it fails or hangs.
+    Read as bytes: output that is not UTF-8 (a garbled driver) becomes U+FFFD, which no
+    field parses as a version, rather than a crash of generation."""
     try:
         result = subprocess.run(
             [smi, f"--query-gpu={fields}", "--format=csv,noheader"],
             capture_output=True,
-            text=True,
             timeout=NVIDIA_SMI_TIMEOUT_S,
             check=False,
         )
@@ -175,7 +176,8 @@ def _nvidia_smi(smi: str, fields: str) -> list[list[str]] | None:
         return None
     if result.returncode != 0:
         return None
-    return [[cell.strip() for cell in line.split(",")] for line in result.stdout.strip().splitlines() if line.strip()]
+    text = result.stdout.decode("utf-8", errors="replace")
+    return [[cell.strip() for cell in line.split(",")] for line in text.strip().splitlines() if line.strip()]
 
 
 def host_gpus() -> HostGPUs | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import re
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -222,7 +223,13 @@ def load_module(path: Path, name: str):
     """A Python file as a module, executed afresh (no import cache, no sys.path change)."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # No __pycache__ beside it: in a project, root's hooks would leave one the user cannot
+    # delete; in the template, cookiecutter would copy it into every project.
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
     return module
 
 

@@ -262,13 +262,21 @@ def give_to_project_owner(path: Path) -> None:
     who must still be able to read and rewrite it."""
     if getattr(os, "geteuid", lambda: -1)() == 0:
         owner = PROJECT.stat()
-        os.chown(path, owner.st_uid, owner.st_gid)
+        os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner may read (it holds the Jupyter token)."""
+    write_replacing(path, text, 0o600)
+
+
+def write_replacing(path: Path, text: str, mode: int) -> None:
+    """Write a file through a new temporary one renamed over it: a link in its place (or
+    in the temporary's) is replaced, never written through, even by root."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if os.path.lexists(tmp):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     give_to_project_owner(tmp)
@@ -421,9 +429,8 @@ def write_gpu_file(env: dict[str, str]) -> None:
     text = gpu_file_text(env)
     # Compared as read_text would read it, but a hand-edited file that is not UTF-8 is
     # simply rewritten.
-    if not GPU_FILE.is_file() or decode_env(GPU_FILE.read_bytes())[0] != text:
-        GPU_FILE.write_text(text, encoding="utf-8")
-        give_to_project_owner(GPU_FILE)
+    if GPU_FILE.is_symlink() or not GPU_FILE.is_file() or decode_env(GPU_FILE.read_bytes())[0] != text:
+        write_replacing(GPU_FILE, text, 0o644)
 
 
 # ---------------------------------------------------------------------------------------
