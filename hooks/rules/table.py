@@ -264,17 +264,18 @@ def normalized_name(name: str) -> str:
 def importable_modules(framework: str) -> dict[str, str]:
     """Top-level module names the framework's environment installs, each with its
     package: every package in the framework's shipped locks (any Python, any manager, so
-    builds whose lock the project writes itself are covered), under its own name and
-    the names compat.yaml lists for it."""
-    renames = load_table().get("import_names", {})
-    modules: dict[str, str] = {}
+    builds whose lock the project writes itself are covered) and what `python3 -m venv`
+    adds (venv_packages), under its own name and the names compat.yaml lists for it."""
+    table = load_table()
+    renames = table.get("import_names", {})
+    packages = list(table.get("venv_packages", []))
     for lock in sorted(LOCKS_DIR.glob(f"{framework}-*/*")):
-        if lock.name not in {files[1] for files in MANAGER_FILES.values()}:
-            continue
-        for match in _LOCKED_NAME.finditer(lock.read_text(encoding="utf-8")):
-            package = (match.group(1) or match.group(2)).lower()
-            if "{" in package:  # the project itself, in the shipped lock's template
-                continue
+        if lock.name in {files[1] for files in MANAGER_FILES.values()}:
+            found = _LOCKED_NAME.finditer(lock.read_text(encoding="utf-8"))
+            packages += [(match.group(1) or match.group(2)).lower() for match in found]
+    modules: dict[str, str] = {}
+    for package in packages:
+        if "{" not in package:  # (the project itself, in the shipped lock's template)
             names = [normalized_name(package)]
             for pattern, listed in renames.items():
                 if fnmatch.fnmatchcase(package, pattern):
