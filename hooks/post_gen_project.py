@@ -14,6 +14,8 @@ ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 # A JSON string starts and ends with '"', so single triple quotes hold it.
 RULES_DIR = json.loads(r'''{{ template_rules_dir | tojson }}''')  # fmt: skip
 sys.path.insert(0, RULES_DIR)
+# No __pycache__ in the template's checkout (it may be shared, or root may run this).
+sys.dont_write_bytecode = True
 
 import template_rules
 

@@ -36,9 +36,14 @@ def _load_package() -> types.ModuleType:
     )
     package = importlib.util.module_from_spec(spec)
     sys.modules[name] = package  # relative imports and dataclasses look it up
-    spec.loader.exec_module(package)
-    for module in _MODULES:
-        importlib.import_module(f"{name}.{module}")
+    # No __pycache__ in the template's checkout (it may be shared, or root may run this).
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(package)
+        for module in _MODULES:
+            importlib.import_module(f"{name}.{module}")
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
     return package
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -429,9 +430,12 @@ def test_generation_leaves_no_bytecode_behind(tmp_path):
     """The hooks load the project's docker/setup_env.py: as root they would leave a
     root-owned __pycache__ in the user's project."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    for stale in (TEMPLATE / "hooks").rglob("__pycache__"):  # from runs before this rule
+        shutil.rmtree(stale)
     assert generate(tmp_path, env=env).returncode == 0
     assert list((tmp_path / "gpu_lab").rglob("__pycache__")) == []
     assert list((TEMPLATE / "{{cookiecutter.project_slug}}").rglob("__pycache__")) == []
+    assert list((TEMPLATE / "hooks").rglob("__pycache__")) == []
 
 
 def test_nvidia_smi_output_that_is_not_utf8_does_not_stop_generation(bake, tmp_path, monkeypatch):
