@@ -147,12 +147,17 @@ def link_problems(project: Path, slug: str) -> list[Problem]:
     return problems
 
 
-def env_ids(project: Path) -> dict[str, str]:
+def _project_setup_env():
+    """The project's docker/setup_env.py: .env is read here as the project reads it."""
+    return compat.load_module(compat.PROJECT_TEMPLATE / "docker" / "setup_env.py", "_rules_setup_env")
+
+
+def env_ids(project: Path, setup=None) -> dict[str, str]:
     """USER_UID and USER_GID of an existing project's .env, as Compose reads them."""
     env = project / ".env"
     if env.is_symlink() or not env.is_file():
         return {}
-    setup = compat.load_module(compat.PROJECT_TEMPLATE / "docker" / "setup_env.py", "_rules_setup_env")
+    setup = setup or _project_setup_env()
     values = setup.parse_env(env.read_bytes().decode("utf-8", errors="replace"))
     return {key: values[key] for key in ("USER_UID", "USER_GID") if key in values}
 
@@ -165,13 +170,13 @@ def regeneration_problems(project: Path, answers: dict, as_root: bool) -> list[P
     wanted = {"USER_UID": str(answers.get("uid")), "USER_GID": str(answers.get("gid"))}
     problems = []
     env = project / ".env"
+    setup = _project_setup_env()
     if env.is_file() and not env.is_symlink():
-        setup = compat.load_module(compat.PROJECT_TEMPLATE / "docker" / "setup_env.py", "_rules_setup_env")
         _, not_utf8 = setup.decode_env(env.read_bytes())
         if not_utf8:
             # The hook reads .env to keep its token: it must be text.
             return [Problem(".env", str(env), setup.not_utf8_problem(".env", not_utf8), setup.not_utf8_fix(".env"))]
-    have = env_ids(project)
+    have = env_ids(project, setup)
     for key, field in (("USER_UID", "uid"), ("USER_GID", "gid")):
         if key in have and have[key] != wanted[key]:
             problems.append(
