@@ -38,6 +38,10 @@ COMMON_FILES = {
     "compose.gpu.yaml",
     "compose.yaml",
     "data/.gitignore",
+    "deploy/k8s/render.py",
+    "deploy/k8s/values.env",
+    "deploy/slurm/launch",
+    "deploy/slurm/train.sbatch",
     "docker/compose-up",
     "docker/jupyter_server_config.py",
     "docker/doctor.py",
@@ -48,13 +52,16 @@ COMMON_FILES = {
     "docker/lab-overrides.json",
     "docker/lock",
     "docker/no-extra-ca.pem",
+    "docker/push",
     "docker/share-env",
     "docker/create-user",
+    "docker/train",
     "docker/with-build-ca",
     "gpu_test.py",
     "notebooks/gpu_check.ipynb",
     "ruff.toml",
     "src/gpu_lab/__init__.py",
+    "src/gpu_lab/train.py",
 }
 MANAGERS = ["uv", "pip", "poetry"]
 # Every combination the template offers: one shipped lock each.
@@ -162,6 +169,9 @@ def test_helper_scripts_are_executable(default_project):
         "docker/install-layer",
         "docker/share-env",
         "docker/create-user",
+        "docker/push",
+        "docker/train",
+        "deploy/slurm/launch",
         ".devcontainer/select-gpu",
     ):
         assert (default_project / name).stat().st_mode & stat.S_IXUSR, name
@@ -274,7 +284,8 @@ def test_generated_files_pass_the_linters(bake, key):
     checks = [
         [tool("hadolint"), "Dockerfile"],  # .hadolint.yaml: fail on warnings too
         [tool("shellcheck"), "docker/with-build-ca", "docker/lock", "docker/compose-up", "docker/install-layer",
-         "docker/share-env", "docker/create-user", ".devcontainer/select-gpu"],
+         "docker/share-env", "docker/create-user", "docker/push", "docker/train", "deploy/slurm/launch",
+         "deploy/slurm/train.sbatch", ".devcontainer/select-gpu"],
         [tool("ruff"), "check", "."],
         [tool("ruff"), "format", "--check", "."],
         [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml"],

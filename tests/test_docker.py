@@ -432,6 +432,40 @@ def test_make_lock_adds_a_dependency(project, docker_env):
     )
 
 
+TRAIN_DONE = re.compile(r"^train: done epochs=(\d+) loss_first=(\S+) loss_last=(\S+) resumed_from=(\d+)$", re.MULTILINE)
+
+
+def test_make_train_learns_checkpoints_and_resumes_in_the_container(project):
+    """`make train` (docker/train in the running container, no GPU here): two CPU
+    processes (gloo) under torchrun for PyTorch, MirroredStrategy on the CPU for
+    TensorFlow. The loss falls, checkpoints/ belongs to the host user, and a second run
+    with more epochs resumes after the first run's last epoch."""
+    compose = f"{project.docker} compose"
+    small = "--samples 8192 --batch-size 128 --checkpoint-dir checkpoints"
+    outcomes = []
+    for epochs in (3, 5):
+        start = time.monotonic()
+        result = run(
+            ["make", "train", f"COMPOSE={compose}", f"ARGS=--epochs {epochs} {small}"],
+            cwd=project.path, env=project.env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        seconds = time.monotonic() - start
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        [(done_epochs, first, last, resumed)] = TRAIN_DONE.findall(result.stdout)
+        outcomes.append((int(done_epochs), float(first), float(last), int(resumed)))
+        BENCHMARKS.append(f"{project.name}: make train --epochs {epochs} (8192 samples, CPU) {seconds:.1f} s")
+    if project.framework == "pytorch":
+        assert "no GPU: training on the CPU with 2 processes (gloo)" in result.stdout
+        assert "train: 2 process(es), gloo, on cpu" in result.stdout
+    (epochs, first, last, resumed), (epochs_2, first_2, last_2, resumed_2) = outcomes
+    assert (epochs, resumed) == (3, 0) and last < 0.6 * first, outcomes
+    assert (epochs_2, resumed_2) == (5, 3) and first_2 == first and last_2 < last, outcomes
+    assert "epoch 4/5" in result.stdout and "epoch 3/5" not in result.stdout
+    checkpoints = project.path / "checkpoints"
+    assert (checkpoints.stat().st_uid, checkpoints.stat().st_gid) == (project.uid, project.gid)
+    assert any(checkpoints.iterdir())
+
+
 def test_files_written_in_the_container_belong_to_the_host_user(project):
     project.exec(
         "sh", "-c", "echo hi > src/from_container.txt && mkdir -p src/newdir cache/torch && echo x > cache/torch/f"
