@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import slurm as slurm_cluster
 from conftest import BENCHMARKS, TEMPLATE, make_wheel, run, template_rules
 from cookiecutter.main import cookiecutter
 from engine import layers, unique_bytes
@@ -28,6 +29,7 @@ from test_bake import INPUT_EDIT
 from test_gpu_test import gpu_test
 from test_messages import RESOLVER_LINES
 from test_readme import readme_block
+from test_slurm import slurm  # noqa: F401 - the one-node Slurm fixture
 
 pytestmark = pytest.mark.docker
 
@@ -464,6 +466,60 @@ def test_make_train_learns_checkpoints_and_resumes_in_the_container(project):
     checkpoints = project.path / "checkpoints"
     assert (checkpoints.stat().st_uid, checkpoints.stat().st_gid) == (project.uid, project.gid)
     assert any(checkpoints.iterdir())
+
+
+def test_a_node_that_cannot_reach_the_first_stops_within_the_timeout_naming_it(project):
+    """A second node whose first node never answers: docker/train stops after
+    RDZV_TIMEOUT seconds, naming the address it tried (not torchrun's long traceback)."""
+    if project.framework != "pytorch":
+        pytest.skip("TensorFlow's workers find each other through TF_CONFIG, not torchrun")
+    start = time.monotonic()
+    result = project.exec(
+        "env", "NNODES=2", "NODE_RANK=1", "RDZV_ENDPOINT=127.0.0.1:1", "RDZV_ID=t", "RDZV_TIMEOUT=5",
+        "NPROC_PER_NODE=1", "docker/train", check=False,
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    assert result.returncode != 0
+    assert "docker/train: no rendezvous at 127.0.0.1:1 after 5s: start the first node (NODE_RANK=0)" in result.stderr
+    assert 4 < seconds < 30, seconds
+
+
+@pytest.mark.slurm
+def test_a_slurm_job_trains_with_the_projects_image(project, docker_env, slurm):  # noqa: F811 - the fixture
+    """The generated deploy/slurm/train.sbatch with the Docker runtime on a real one-node
+    Slurm, as a 2-task job: two torchrun agents meet through the c10d rendezvous, as two
+    nodes would, and training finishes with the project's own image (one variant: the
+    script is the same for all)."""
+    if project.name != "Docker Default":
+        pytest.skip("the Slurm job is the same script for every variant: run once, on the default project")
+    env = {
+        **slurm.env,
+        "RUNTIME": "docker",
+        "IMAGE": project.image,
+        "DOCKER": docker_env.cli,
+        "DOCKER_GPUS": "none",
+        "NPROC_PER_NODE": "1",  # Slurm's fake GPUs are no CUDA devices: one CPU process per agent
+        "RDZV_TIMEOUT": "120",
+        "STOP_TIMEOUT": "3",
+    }
+    start = time.monotonic()
+    submitted = slurm.run(
+        "sbatch", "--parsable", "--nodes=1", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1",
+        f"--partition={slurm_cluster.PARTITION}", "--time=10", f"--chdir={project.path}", "deploy/slurm/train.sbatch",
+        cwd=project.path, env=env,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    state = slurm.wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 600)
+    log = project.path / f"slurm-{project.slug}-train-{job_id}.out"
+    output = log.read_text(errors="replace") if log.exists() else "(no output file)"
+    assert state == "COMPLETED", output[-4000:] + slurm.log()[-2000:]
+    [(epochs, first, last, _)] = TRAIN_DONE.findall(output)
+    assert int(epochs) > 0 and float(last) < float(first), output[-2000:]
+    assert "train: 2 process(es), gloo, on cpu" in output
+    listed = run([docker_env.cli, "ps", "--all", "--filter", f"name={project.slug}-job{job_id}-", "-q"])
+    assert listed.stdout.split() == []
+    BENCHMARKS.append(f"{project.name}: Slurm job, 2 agents through c10d, trained in {time.monotonic() - start:.0f} s")
 
 
 def test_files_written_in_the_container_belong_to_the_host_user(project):
