@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -502,10 +503,13 @@ def test_a_slurm_job_trains_with_the_projects_image(project, docker_env, slurm):
         "RDZV_TIMEOUT": "120",
         "STOP_TIMEOUT": "3",
     }
+    # A fresh start: make train's checkpoints would make this job a resumption.
+    shutil.rmtree(project.path / "checkpoints", ignore_errors=True)
     start = time.monotonic()
     submitted = slurm.run(
         "sbatch", "--parsable", "--nodes=1", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1",
-        f"--partition={slurm_cluster.PARTITION}", "--time=10", f"--chdir={project.path}", "deploy/slurm/train.sbatch",
+        f"--gpus-per-node={slurm_cluster.GPUS}", f"--partition={slurm_cluster.PARTITION}", "--time=10",
+        f"--chdir={project.path}", "deploy/slurm/train.sbatch",
         cwd=project.path, env=env,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
@@ -514,8 +518,8 @@ def test_a_slurm_job_trains_with_the_projects_image(project, docker_env, slurm):
     log = project.path / f"slurm-{project.slug}-train-{job_id}.out"
     output = log.read_text(errors="replace") if log.exists() else "(no output file)"
     assert state == "COMPLETED", output[-4000:] + slurm.log()[-2000:]
-    [(epochs, first, last, _)] = TRAIN_DONE.findall(output)
-    assert int(epochs) > 0 and float(last) < float(first), output[-2000:]
+    [(epochs, first, last, resumed)] = TRAIN_DONE.findall(output)
+    assert int(epochs) > 0 and int(resumed) == 0 and float(last) < 0.8 * float(first), output[-2000:]
     assert "train: 2 process(es), gloo, on cpu" in output
     listed = run([docker_env.cli, "ps", "--all", "--filter", f"name={project.slug}-job{job_id}-", "-q"])
     assert listed.stdout.split() == []

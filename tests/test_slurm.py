@@ -166,7 +166,7 @@ def test_the_job_starts_one_agent_per_task(project, tmp_path, runtime, srun_tail
     assert line == (
         f"env RUNTIME={runtime} PROJECT_DIR={project} IMAGE={IMAGE} NNODES=2 NPROC_PER_NODE=8 "
         "RDZV_ENDPOINT=gpu01:29642 RDZV_ID=4242 RDZV_TIMEOUT=900 "
-        "srun --kill-on-bad-exit=1 --cpus-per-task=16 " + srun_tail.format(project=project)
+        "srun --export=ALL --kill-on-bad-exit=1 --cpus-per-task=16 " + srun_tail.format(project=project)
     )
 
 
@@ -175,7 +175,7 @@ def test_job_settings_override_the_defaults(project, tmp_path):
     del env["SLURM_CPUS_PER_TASK"], env["SLURM_GPUS_ON_NODE"]
     line = printed(launch(project, "job", env, tmp_path))
     assert "NNODES=2 NPROC_PER_NODE=4 RDZV_ENDPOINT=10.0.0.1:29400 RDZV_ID=4242 RDZV_TIMEOUT=60 " in line
-    assert "srun --kill-on-bad-exit=1 sh " in line
+    assert "srun --export=ALL --kill-on-bad-exit=1 sh " in line
     del env["NPROC_PER_NODE"]
     assert " NPROC_PER_NODE=1 " in printed(launch(project, "job", env, tmp_path))
 
