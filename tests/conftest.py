@@ -267,7 +267,22 @@ def devcontainer_cli() -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `network` need PyPI: they run only with RUN_NETWORK_TESTS=1 (CI)."""
+    """Tests marked `network` need PyPI: they run only with RUN_NETWORK_TESTS=1 (CI).
+
+    A test marked `variants("default", ...)` runs on those parametrized projects only: the
+    others are deselected, not skipped (in CI a skipped Docker test is a failure, and
+    this one was never meant for them)."""
+    kept, deselected = [], []
+    for item in items:
+        wanted = item.get_closest_marker("variants")
+        callspec = getattr(item, "callspec", None)
+        if wanted and callspec and callspec.id not in wanted.args:
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
     if os.environ.get("RUN_NETWORK_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="needs PyPI: set RUN_NETWORK_TESTS=1")

@@ -471,14 +471,14 @@ def test_make_train_learns_checkpoints_and_resumes_in_the_container(project):
 
 def test_a_node_that_cannot_reach_the_first_stops_within_the_timeout_naming_it(project):
     """A second node whose first node never answers: docker/train stops after
-    RDZV_TIMEOUT seconds, naming the address it tried (not torchrun's long traceback)."""
-    if project.framework != "pytorch":
-        pytest.skip("TensorFlow's workers find each other through TF_CONFIG, not torchrun")
+    RDZV_TIMEOUT seconds, naming the address it tried, instead of torchrun's long
+    traceback or TensorFlow's wait without end for worker 0."""
+    if project.framework == "pytorch":
+        cluster = ["RDZV_ENDPOINT=127.0.0.1:1", "RDZV_ID=t", "NPROC_PER_NODE=1"]
+    else:
+        cluster = ["WORKERS=127.0.0.1:1,127.0.0.1:2"]
     start = time.monotonic()
-    result = project.exec(
-        "env", "NNODES=2", "NODE_RANK=1", "RDZV_ENDPOINT=127.0.0.1:1", "RDZV_ID=t", "RDZV_TIMEOUT=5",
-        "NPROC_PER_NODE=1", "docker/train", check=False,
-    )  # fmt: skip
+    result = project.exec("env", "NNODES=2", "NODE_RANK=1", "RDZV_TIMEOUT=5", *cluster, "docker/train", check=False)
     seconds = time.monotonic() - start
     assert result.returncode != 0
     assert "docker/train: no rendezvous at 127.0.0.1:1 after 5s: start the first node (NODE_RANK=0)" in result.stderr
@@ -486,13 +486,12 @@ def test_a_node_that_cannot_reach_the_first_stops_within_the_timeout_naming_it(p
 
 
 @pytest.mark.slurm
+@pytest.mark.variants("default")
 def test_a_slurm_job_trains_with_the_projects_image(project, docker_env, slurm):  # noqa: F811 - the fixture
     """The generated deploy/slurm/train.sbatch with the Docker runtime on a real one-node
     Slurm, as a 2-task job: two torchrun agents meet through the c10d rendezvous, as two
     nodes would, and training finishes with the project's own image (one variant: the
     script is the same for all)."""
-    if project.name != "Docker Default":
-        pytest.skip("the Slurm job is the same script for every variant: run once, on the default project")
     env = {
         **slurm.env,
         "RUNTIME": "docker",

@@ -140,8 +140,19 @@ def assert_consistent(documents: list[dict], nodes: int, gpus: int, port: int) -
     assert selector and selector.items() <= pod["metadata"]["labels"].items()
     assert pod["spec"]["subdomain"] == service["metadata"]["name"]
     # Rendezvous: index 0's DNS name (hostname JOB-0 in subdomain SERVICE), without a
-    # namespace, and the port the Service and the container declare.
-    host, _, endpoint_port = env["RDZV_ENDPOINT"]["value"].rpartition(":")
+    # namespace, and the port the Service and the container declare. TensorFlow's
+    # workers: every pod's name in index order (WORKERS, for docker/train's TF_CONFIG).
+    if "WORKERS" in env:
+        workers = env["WORKERS"]["value"].split(",")
+        assert workers == [f"{job['metadata']['name']}-{i}.{service['metadata']['name']}:{port}" for i in range(nodes)]
+        first = workers[0]
+    elif "RDZV_ENDPOINT" in env:
+        first = env["RDZV_ENDPOINT"]["value"]
+        assert env["RDZV_ID"]["value"]
+    else:
+        assert nodes == 1, "several TensorFlow nodes without WORKERS"
+        first = f"{job['metadata']['name']}-0.{service['metadata']['name']}:{port}"
+    host, _, endpoint_port = first.rpartition(":")
     assert host == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
     assert all(DNS_LABEL.match(label) and len(label) <= 63 for label in host.split("."))
     assert len(f"{job['metadata']['name']}-{nodes - 1}") <= 63  # the last pod's hostname
@@ -149,10 +160,12 @@ def assert_consistent(documents: list[dict], nodes: int, gpus: int, port: int) -
     assert int(endpoint_port) == port
     assert [entry["port"] for entry in service["spec"]["ports"]] == [port]
     assert [entry["containerPort"] for entry in container["ports"]] == [port]
-    assert env["RDZV_ID"]["value"] and int(env["RDZV_TIMEOUT"]["value"]) > 0
-    # GPUs: the pod's limit is torchrun's processes per node.
+    assert int(env["RDZV_TIMEOUT"]["value"]) > 0
+    # GPUs: the pod's limit is torchrun's processes per node (TensorFlow uses every GPU
+    # the pod has).
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == gpus
-    assert env["NPROC_PER_NODE"]["value"] == str(gpus)
+    if "RDZV_ENDPOINT" in env:
+        assert env["NPROC_PER_NODE"]["value"] == str(gpus)
     # The project's launcher, which reads exactly these variables.
     assert container["command"][-1].endswith("docker/train")
     assert container.get("args") is None
@@ -263,7 +276,7 @@ def test_shm_size_is_read_as_docker_reads_it(render_module, size, quantity):
 
 
 def test_the_image_is_the_one_make_push_pushes(project):
-    """IMAGE empty: docker/push's own reference, REGISTRY/NAME:COMMIT."""
+    """IMAGE empty: docker/push's own reference, REGISTRY/SLUG:COMMIT."""
     set_values(project, IMAGE="")
     result = render(project)
     assert result.returncode == 1 and result.stdout == ""
@@ -272,11 +285,12 @@ def test_the_image_is_the_one_make_push_pushes(project):
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "first"]):
         assert run([*git, *cmd], cwd=project, env=GIT_ENV).returncode == 0
     head = run(["git", "rev-parse", "HEAD"], cwd=project, env=GIT_ENV).stdout.strip()
-    name = env_of(project)["IMAGE_NAME"].removesuffix(":dev")
     pushed = run(["sh", "docker/push", "--ref"], cwd=project, env=GIT_ENV).stdout.strip()
-    assert pushed == f"{REGISTRY}/{name}:{head[:12]}"
+    assert pushed == f"{REGISTRY}/{project.name}:{head[:12]}"
     assert parts(rendered(project))[3]["image"] == pushed
-    (project / "README.md").write_text("changed\n")
+    (project / "README.md").write_text("changed\n")  # not in the image: the same tag
+    assert parts(rendered(project))[3]["image"] == pushed
+    (project / "src" / project.name / "__init__.py").write_text("changed = True\n")
     result = render(project)
     assert parts(list(yaml.safe_load_all(result.stdout)))[3]["image"] == f"{pushed}-dirty"
     assert "uncommitted changes" in result.stderr
@@ -335,30 +349,42 @@ def test_the_default_names_fit_the_longest_slug(bake):
     assert len(parts(documents)[1]["metadata"]["name"]) + len("-999") <= 63
 
 
-def test_tensorflow_workers_get_tf_config_listing_every_pod(bake):
+def tf_config_from_launcher(project: Path, env: dict, rank: int) -> dict:
+    """The TF_CONFIG docker/train gives train.py in pod `rank`, from the manifest's
+    variables: its interpreter replaced by one that prints the variable."""
+    printer = project / "print-tf-config"
+    printer.write_text('#!/bin/sh\nprintf "%s" "$TF_CONFIG"\n')
+    printer.chmod(0o755)
+    variables = {name: entry["value"] for name, entry in env.items() if "value" in entry}
+    launched = run(
+        ["sh", "docker/train"], cwd=project,
+        env={**os.environ, **variables, "NODE_RANK": str(rank), "PYTHON": str(printer)},
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr
+    return json.loads(launched.stdout)
+
+
+def test_tensorflow_workers_get_a_tf_config_listing_every_pod(bake):
     baked = bake(framework="tensorflow", cuda_version="12.5")
     assert baked.exit_code == 0, baked.output
     project = ready(baked.project_path)
-    assert "TF_CONFIG" not in parts(rendered(project))[4]  # one node: no cluster to describe
+    assert "WORKERS" not in parts(rendered(project))[4]  # one node: no cluster to describe
     set_values(project, NODES="3", GPUS_PER_NODE="2")
     documents = rendered(project)
     assert_consistent(documents, 3, 2, 29400)
-    service, job, _, container, env = parts(documents)
-    # $(NODE_RANK) is Kubernetes' reference to the variable before it: the completion index.
-    names = [variable["name"] for variable in container["env"]]
-    assert names.index("NODE_RANK") < names.index("TF_CONFIG")
-    config = json.loads(env["TF_CONFIG"]["value"].replace("$(NODE_RANK)", "2"))
+    service, job, _, _, env = parts(documents)
     name, subdomain = job["metadata"]["name"], service["metadata"]["name"]
-    assert config == {
+    # Pod 0 only: the others first wait for it (docker/train's rendezvous check).
+    assert tf_config_from_launcher(project, env, 0) == {
         "cluster": {"worker": [f"{name}-{index}.{subdomain}:29400" for index in range(3)]},
-        "task": {"type": "worker", "index": 2},
+        "task": {"type": "worker", "index": 0},
     }
-    assert config["cluster"]["worker"][0] == env["RDZV_ENDPOINT"]["value"]
 
 
 def test_pytorch_workers_get_no_tf_config(project):
     set_values(project, NODES="2")
-    assert "TF_CONFIG" not in parts(rendered(project))[4]
+    env = parts(rendered(project))[4]
+    assert "TF_CONFIG" not in env and "WORKERS" not in env
 
 
 # Keys: 1024 characters at most as written (YAML's limit), 10 for each escaped one.

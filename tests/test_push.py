@@ -73,7 +73,12 @@ def env_file(project: Path) -> dict[str, str]:
 
 
 def repository(project: Path) -> str:
-    """IMAGE_NAME without its tag: the name the image is pushed under."""
+    """The name the image is pushed under: the project's, the same from every clone."""
+    return project.name
+
+
+def local_name(project: Path) -> str:
+    """IMAGE_NAME without its tag: this clone's images (the cluster one is NAME:dev-cluster)."""
     return env_file(project)["IMAGE_NAME"].rsplit(":", 1)[0]
 
 
@@ -203,8 +208,9 @@ def test_push_builds_tags_pushes_and_prints_the_digest(project, tmp_path):
     result = make_push(project, user_env(tmp_path, project))
     assert result.returncode == 0, result.stdout + result.stderr
     name = repository(project)
+    assert name == "gpu_lab" and local_name(project) != name
     ref = f"{REGISTRY}/{name}:{commit[:12]}"
-    local = f"{name}:dev-cluster"
+    local = f"{local_name(project)}:dev-cluster"
     assert docker_calls(tmp_path) == [
         "compose --profile cluster build cluster",
         f"tag {local} {ref}",
@@ -228,7 +234,11 @@ def test_uncommitted_changes_tag_the_image_dirty_and_are_listed(project, tmp_pat
     assert f"Pushed {ref}" in result.stdout
     assert f"WARNING: the project has uncommitted changes, so the image is tagged {commit[:12]}-dirty" in result.stderr
     assert "  ?? src/gpu_lab/model.py" in result.stderr
+    assert "scratch" not in result.stderr and "values.env" not in result.stderr
     assert run(["sh", "docker/push", "--ref"], cwd=project, env=user_env(tmp_path, project)).stdout == f"{ref}\n"
+    # Files the image does not hold are no change to it: a notebook, the cluster files.
+    (project / "notebooks" / "scratch.ipynb").write_text("{}\n")
+    (project / "deploy" / "k8s" / "values.env").write_text("NODES=4\n")
     # Ignored files (.env, the GPU file, caches) are no change: committing makes it clean.
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "Model")
@@ -236,16 +246,32 @@ def test_uncommitted_changes_tag_the_image_dirty_and_are_listed(project, tmp_pat
     assert re.fullmatch(rf"{re.escape(REGISTRY)}/{repository(project)}:[0-9a-f]{{12}}\n", clean)
 
 
+def test_docker_compose_v1_pushes_with_the_docker_cli(project, tmp_path):
+    """COMPOSE=docker-compose (v1, or the standalone v2 binary) has no docker CLI in it:
+    the tag and the push go to docker."""
+    committed(project)
+    set_env(project, REGISTRY=REGISTRY)
+    result = make_push(project, user_env(tmp_path, project), "COMPOSE=docker-compose", "PUSH_BUILD=0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    ref = f"{REGISTRY}/{repository(project)}:"
+    assert [call.split(ref)[0] for call in docker_calls(tmp_path)] == [
+        f"image inspect {local_name(project)}:dev-cluster",
+        f"tag {local_name(project)}:dev-cluster ",
+        "push ",
+        "image rm ",
+    ]
+
+
 def test_push_build_0_pushes_the_image_already_built(project, tmp_path):
     committed(project)
     set_env(project, REGISTRY=REGISTRY)
     result = make_push(project, user_env(tmp_path, project), "PUSH_BUILD=0")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert docker_calls(tmp_path)[0] == f"image inspect {repository(project)}:dev-cluster"
+    assert docker_calls(tmp_path)[0] == f"image inspect {local_name(project)}:dev-cluster"
     assert not any(call.startswith("compose") for call in docker_calls(tmp_path))
     missing = make_push(project, user_env(tmp_path, project, PUSH_BUILD="0", FAKE_INSPECT_RC="1"))
     assert missing.returncode != 0
-    assert f"ERROR: no image {repository(project)}:dev-cluster to push (PUSH_BUILD=0" in missing.stderr
+    assert f"ERROR: no image {local_name(project)}:dev-cluster to push (PUSH_BUILD=0" in missing.stderr
 
 
 def test_no_registry_says_what_to_set(project, tmp_path):
@@ -403,7 +429,7 @@ def test_push_to_a_local_registry_and_pull_back_by_digest(docker_env, registry, 
     commit = committed(project)
     set_env(project, REGISTRY=f"{registry}/team")
     name = repository(project)
-    local = f"{name}:dev-cluster"
+    local = f"{local_name(project)}:dev-cluster"
     marker = uuid.uuid4().hex
     build = run(
         [cli, "build", "-q", "-t", local, "-"],  # a Dockerfile on stdin, no context

@@ -29,7 +29,7 @@ from conftest import BENCHMARKS, TEMPLATE, run, tool, unavailable
 from cookiecutter.main import cookiecutter
 
 SLUG = "gpu_lab"
-IMAGE = "registry.example.com/team/gpu_lab-alice-0a1b2c3d:0123456789ab"
+IMAGE = "registry.example.com/team/gpu_lab:0123456789ab"
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,9 @@ def printed(result: subprocess.CompletedProcess) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def test_scripts_pass_shellcheck_and_run_with_sh(project):
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow"])
+def test_scripts_pass_shellcheck_and_run_with_sh(request, framework):
+    project = request.getfixturevalue("project" if framework == "pytorch" else "tf_project")
     scripts = ["deploy/slurm/train.sbatch", "deploy/slurm/launch"]
     result = run([tool("shellcheck"), *scripts], cwd=project)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -152,7 +154,7 @@ def test_the_batch_script_runs_pyxis_by_default_from_the_submit_folder(project, 
         (
             "pyxis",
             (
-                "'--container-image=registry.example.com#team/gpu_lab-alice-0a1b2c3d:0123456789ab' "
+                "'--container-image=registry.example.com#team/gpu_lab:0123456789ab' "
                 "--container-mounts={project}:/workspace --container-workdir=/workspace "
                 "sh /workspace/deploy/slurm/launch task"
             ),
@@ -200,13 +202,62 @@ def test_docker_task(project, tmp_path):
     env = task_env(project, "docker", NCCL_SOCKET_IFNAME="ib0", NCCL_DEBUG="INFO", GLOO_SOCKET_IFNAME="ib0")
     line = printed(launch(project, "task", env, tmp_path))
     assert line == (
-        f"docker run --rm --init --name {SLUG}-job4242-task1 --network=host --user {ids} "
+        f"docker run --rm --name {SLUG}-job4242-task1 --network=host --pid=host --user {ids} "
         "--security-opt=no-new-privileges --gpus '\"device=0,1,2,3,4,5,6,7\"' --ipc=host "
         f"-v {project}:/workspace -w /workspace -e NNODES=2 -e NPROC_PER_NODE=8 -e RDZV_ENDPOINT=gpu01:29642 "
         "-e RDZV_ID=4242 -e RDZV_TIMEOUT=900 -e NODE_RANK=1 "
         "-e GLOO_SOCKET_IFNAME=ib0 -e NCCL_DEBUG=INFO -e NCCL_SOCKET_IFNAME=ib0 "
         f"{IMAGE} sh /workspace/docker/train"
     )
+
+
+@pytest.fixture(scope="module")
+def tf_project(tmp_path_factory, _cookiecutter_config_file) -> Path:
+    output = tmp_path_factory.mktemp("slurm-tf-project")
+    path = cookiecutter(
+        str(TEMPLATE), no_input=True, output_dir=str(output), config_file=str(_cookiecutter_config_file),
+        extra_context={"framework": "tensorflow", "cuda_version": "12.5"},
+    )  # fmt: skip
+    return Path(path)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "per_node", "workers"),
+    [
+        ("2", "1(x2)", "gpu01:29642,gpu02:29643"),
+        ("4", "2(x2)", "gpu01:29642,gpu01:29643,gpu02:29644,gpu02:29645"),
+        ("3", "2,1", "gpu01:29642,gpu01:29643,gpu02:29644"),
+    ],
+)
+def test_tensorflow_job_lists_every_tasks_worker(tf_project, tmp_path, tasks, per_node, workers):
+    """TensorFlow's workers, host:port in task order (Slurm's block placement), one port
+    per task, so that tasks sharing a node never share one; no torchrun settings."""
+    env = job_env(tf_project, "docker", SLURM_NTASKS=tasks, SLURM_TASKS_PER_NODE=per_node)
+    line = printed(launch(tf_project, "job", env, tmp_path))
+    assert f" NNODES={tasks} WORKERS={workers} RDZV_TIMEOUT=900 srun " in line
+    assert "RDZV_ENDPOINT" not in line and "NPROC_PER_NODE" not in line
+
+
+def test_tensorflow_job_refuses_more_nodes_than_the_job_has(tf_project, tmp_path):
+    env = job_env(tf_project, "docker", SLURM_NTASKS="6", SLURM_TASKS_PER_NODE="2(x3)")
+    result = launch(tf_project, "job", env, tmp_path)
+    assert (
+        result.returncode == 1
+        and "SLURM_TASKS_PER_NODE=2(x3) names more nodes than SLURM_JOB_NODELIST" in result.stderr
+    )
+
+
+def test_tensorflow_docker_task_passes_the_workers(tf_project, tmp_path):
+    env = task_env(tf_project, "docker", WORKERS="gpu01:29642,gpu02:29643")
+    for torchrun_only in ("NPROC_PER_NODE", "RDZV_ENDPOINT", "RDZV_ID"):
+        del env[torchrun_only]
+    line = printed(launch(tf_project, "task", env, tmp_path))
+    assert (
+        f"-v {tf_project}:/workspace -w /workspace -e NNODES=2 -e WORKERS=gpu01:29642,gpu02:29643 "
+        "-e RDZV_TIMEOUT=900 -e NODE_RANK=1 "
+    ) in line
+    missing = launch(tf_project, "task", {**env, "WORKERS": ""}, tmp_path)
+    assert missing.returncode == 1 and "WORKERS is not set: train.sbatch (launch job) sets it" in missing.stderr
 
 
 @pytest.mark.parametrize(
@@ -230,7 +281,7 @@ def test_docker_args_and_the_docker_cli(project, tmp_path):
         project, "docker", DOCKER="/usr/bin/docker", DOCKER_ARGS="--device=/dev/infiniband --cap-add=IPC_LOCK"
     )
     line = printed(launch(project, "task", env, tmp_path))
-    assert line.startswith("/usr/bin/docker run --rm --init ")
+    assert line.startswith("/usr/bin/docker run --rm --name ")
     assert line.endswith(
         f"-e NODE_RANK=1 --device=/dev/infiniband --cap-add=IPC_LOCK {IMAGE} sh /workspace/docker/train"
     )
@@ -239,7 +290,7 @@ def test_docker_args_and_the_docker_cli(project, tmp_path):
 @pytest.mark.parametrize(
     ("image", "pyxis"),
     [
-        (IMAGE, "registry.example.com#team/gpu_lab-alice-0a1b2c3d:0123456789ab"),
+        (IMAGE, "registry.example.com#team/gpu_lab:0123456789ab"),
         ("localhost:5000/gpu_lab:0123456789ab", "localhost:5000#gpu_lab:0123456789ab"),
         ("nvcr.io#nvidia/pytorch:24.01-py3", "nvcr.io#nvidia/pytorch:24.01-py3"),
         ("team/gpu_lab:0123456789ab", "team/gpu_lab:0123456789ab"),  # Docker Hub
@@ -258,12 +309,10 @@ def git(project: Path, *args: str) -> str:
 
 
 def test_the_image_is_the_one_make_push_tags(project_copy, tmp_path):
-    """REGISTRY/IMAGE_NAME-without-tag:COMMIT from .env and git (docker/push --ref), -dirty
-    with changes; IMAGE_TAG replaces the tag."""
+    """REGISTRY/SLUG:COMMIT from .env and git (docker/push --ref), -dirty with changes to
+    what the image is built from; IMAGE_TAG replaces the tag."""
     env_file = project_copy / ".env"
     env_file.write_text(env_file.read_text() + "REGISTRY=registry.example.com/team/\n")
-    name = re.search(r"^IMAGE_NAME=(.*)$", env_file.read_text(), re.MULTILINE).group(1)
-    assert name.endswith(":dev")
     env = job_env(project_copy, "docker")
     del env["IMAGE"]
     no_commit = launch(project_copy, "job", env, tmp_path)
@@ -273,16 +322,20 @@ def test_the_image_is_the_one_make_push_tags(project_copy, tmp_path):
     git(project_copy, "add", "-A")
     git(project_copy, "commit", "-qm", "first")
     commit = git(project_copy, "rev-parse", "HEAD")[:12]
-    image = f"registry.example.com/team/{name.removesuffix(':dev')}:{commit}"
+    # The project's name, not this clone's IMAGE_NAME: every teammate pushes to one repository.
+    image = f"registry.example.com/team/{SLUG}:{commit}"
     assert f" IMAGE={image} " in printed(launch(project_copy, "job", env, tmp_path))
-    # The job's own log is git-ignored: it does not make the checkout dirty.
+    # Files the image does not hold leave the tag: the job's own log (git-ignored too),
+    # notes, an edited batch script.
     (project_copy / "slurm-gpu_lab-train-4242.out").write_text("the job's log\n")
-    assert f" IMAGE={image} " in printed(launch(project_copy, "job", env, tmp_path))
-    # Anything `git status` lists does, as for docker/push: an untracked file too.
     (project_copy / "notes.txt").write_text("not committed\n")
-    assert f" IMAGE={image}-dirty " in printed(launch(project_copy, "job", env, tmp_path))
-    (project_copy / "notes.txt").unlink()
     (project_copy / "deploy/slurm/train.sbatch").write_text("#!/bin/sh\n")
+    assert f" IMAGE={image} " in printed(launch(project_copy, "job", env, tmp_path))
+    # Code the image holds, committed or not, makes it -dirty: an untracked module too.
+    (project_copy / "src" / SLUG / "new.py").write_text("x = 1\n")
+    assert f" IMAGE={image}-dirty " in printed(launch(project_copy, "job", env, tmp_path))
+    (project_copy / "src" / SLUG / "new.py").unlink()
+    (project_copy / "pyproject.toml").write_text((project_copy / "pyproject.toml").read_text() + "\n")
     assert f" IMAGE={image}-dirty " in printed(launch(project_copy, "job", env, tmp_path))
     tagged = printed(launch(project_copy, "job", {**env, "IMAGE_TAG": "v1"}, tmp_path))
     assert f" IMAGE={image.rsplit(':', 1)[0]}:v1 " in tagged

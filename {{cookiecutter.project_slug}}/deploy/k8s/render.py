@@ -8,7 +8,7 @@ The values are set in one place each: deploy/k8s/values.env (nodes, GPUs per nod
 name, checkpoint claim, rendezvous port and timeout, retries, and an image when not the
 pushed one) and .env (user ids, shared memory: the values Docker Compose uses). The image
 is the one `make push` pushes from this checkout, named by docker/push itself
-(`sh docker/push --ref`: REGISTRY/NAME:COMMIT, from .env's REGISTRY and IMAGE_NAME).
+(`sh docker/push --ref`: REGISTRY/{{ cookiecutter.project_slug }}:COMMIT, REGISTRY from .env).
 Everything that must agree is derived here, never typed twice:
 
 - the world size: the Job's completions and parallelism, and torchrun's NNODES;
@@ -19,15 +19,14 @@ Everything that must agree is derived here, never typed twice:
   subdomain), with no namespace: it resolves in whichever namespace the Job runs;
 - the GPUs: each pod's nvidia.com/gpu limit and torchrun's NPROC_PER_NODE.
 
-Each pod runs docker/train (torchrun; for TensorFlow, train.py with TF_CONFIG listing
-every pod) in the image. Standard library only, like docker/setup_env.py, whose reading
+Each pod runs docker/train (torchrun; for TensorFlow, train.py with a TF_CONFIG that
+docker/train writes from WORKERS, every pod by name) in the image. Standard library only, like docker/setup_env.py, whose reading
 of .env this script shares.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -103,8 +102,8 @@ def quantity(size: str) -> str:
 
 def pushed_image() -> str:
     """The reference `make push` gives this checkout's image, from docker/push itself (the
-    one computation of it): REGISTRY/NAME:COMMIT, NAME being IMAGE_NAME without its tag
-    (both from .env), COMMIT the commit's first 12 hex digits, -dirty with uncommitted changes."""
+    one computation of it): REGISTRY/{{ cookiecutter.project_slug }}:COMMIT, REGISTRY from .env, COMMIT the
+    commit's first 12 hex digits, -dirty with uncommitted changes to what the image holds."""
     result = setup_env.run(["sh", str(PROJECT / "docker" / "push"), "--ref"])
     if result is None or result.returncode != 0:
         reason = result.stderr.strip() if result is not None else "sh docker/push --ref did not run"
@@ -187,20 +186,21 @@ def manifests(run: Settings) -> list[dict]:
             "ports": [{"name": "rdzv", "port": run.rdzv_port, "targetPort": run.rdzv_port, "protocol": "TCP"}],
         },
     }
-    env = {
-        "NNODES": str(run.nodes),
-        "NPROC_PER_NODE": str(run.gpus_per_node),
-        "RDZV_ENDPOINT": rdzv_endpoint,
-        "RDZV_ID": run.job_name,
-        "RDZV_TIMEOUT": str(run.rdzv_timeout),
-        "MAX_RESTARTS": str(run.max_restarts),
-    }
-    if FRAMEWORK == "tensorflow" and run.nodes > 1:
-        # MultiWorkerMirroredStrategy's cluster: every pod's name, and this pod's index
-        # ($(NODE_RANK): Kubernetes puts in the variable defined above it).
-        workers = [f"{run.job_name}-{index}.{service_name}:{run.rdzv_port}" for index in range(run.nodes)]
-        cluster = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}})
-        env["TF_CONFIG"] = cluster.replace('"index": 0}', '"index": $(NODE_RANK)}')
+    env = {"NNODES": str(run.nodes)}
+    if FRAMEWORK == "pytorch":
+        env.update(
+            NPROC_PER_NODE=str(run.gpus_per_node),
+            RDZV_ENDPOINT=rdzv_endpoint,
+            RDZV_ID=run.job_name,
+            MAX_RESTARTS=str(run.max_restarts),
+        )
+    elif run.nodes > 1:
+        # MultiWorkerMirroredStrategy's cluster, every pod by name in index order; docker/train
+        # writes TF_CONFIG from it and NODE_RANK.
+        env["WORKERS"] = ",".join(
+            f"{run.job_name}-{index}.{service_name}:{run.rdzv_port}" for index in range(run.nodes)
+        )
+    env["RDZV_TIMEOUT"] = str(run.rdzv_timeout)
     container = {
         "name": "train",
         "image": run.image,

@@ -273,7 +273,7 @@ if __name__ == "__main__":
 {% else %}
 """Training entry point: a Keras model trained with the tf.distribute strategy that fits
 where it runs: MirroredStrategy on one machine (every GPU, or the CPU),
-MultiWorkerMirroredStrategy across machines (TF_CONFIG, or a Slurm step of several tasks).
+MultiWorkerMirroredStrategy across machines (TF_CONFIG).
 
     docker/train                          # every GPU of this machine, or the CPU
     make train ARGS="--epochs 20"         # the same, inside the running container
@@ -329,13 +329,10 @@ def fail(message: str) -> NoReturn:
 
 
 def choose_strategy() -> tf.distribute.Strategy:
-    """Several machines when something describes the cluster: TF_CONFIG (Kubernetes, by
-    hand), or a Slurm step of more than one task (srun); else this machine alone."""
+    """Several machines when TF_CONFIG describes the cluster (docker/train writes it from
+    WORKERS and NODE_RANK, for Slurm and Kubernetes alike); else this machine alone."""
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     return tf.distribute.MirroredStrategy()
 
 
