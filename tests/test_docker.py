@@ -485,6 +485,54 @@ def test_a_node_that_cannot_reach_the_first_stops_within_the_timeout_naming_it(p
     assert 4 < seconds < 30, seconds
 
 
+def test_two_nodes_meet_and_train_in_the_container(project):
+    """Two nodes of one job as the cluster files start them (docker/train with NNODES=2
+    and each its NODE_RANK), here two launches in the running container, the second
+    node first: torchrun's c10d rendezvous for PyTorch, MultiWorkerMirroredStrategy over
+    the TF_CONFIG docker/train writes from WORKERS for TensorFlow. Both finish, and the
+    first node reports the training."""
+    if project.framework == "pytorch":
+        cluster = ["RDZV_ENDPOINT=127.0.0.1:29611", "RDZV_ID=two-nodes", "NPROC_PER_NODE=1"]
+    else:
+        cluster = ["WORKERS=127.0.0.1:29611,127.0.0.1:29612"]
+    folder = "checkpoints-two-nodes"
+    args = ["--epochs", "2", "--samples", "4096", "--batch-size", "128", "--checkpoint-dir", folder]
+    start = time.monotonic()
+    nodes = []
+    for rank in (1, 0):
+        command = ["env", "NNODES=2", f"NODE_RANK={rank}", "RDZV_TIMEOUT=120", *cluster, "docker/train", *args]
+        nodes.append(
+            subprocess.Popen(
+                [project.docker, "compose", "exec", "-T", "lab", *command],
+                cwd=project.path,
+                env=project.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        outputs = [node.communicate(timeout=600) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    seconds = time.monotonic() - start
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, out[-3000:] + err[-3000:]
+    # One report, from the process of global rank 0: for TensorFlow worker 0's; torchrun's
+    # rendezvous numbers the nodes in the order they joined, whatever their NODE_RANK.
+    both = "".join(out for out, _ in outputs)
+    [(epochs, loss_first, loss_last, resumed)] = TRAIN_DONE.findall(both)
+    assert (int(epochs), int(resumed)) == (2, 0) and float(loss_last) < float(loss_first), both[-2000:]
+    if project.framework == "pytorch":
+        assert "train: 2 process(es), gloo, on cpu" in both
+    else:
+        assert "train: MultiWorkerMirroredStrategy, 2 replica(s)" in outputs[1][0]
+    shutil.rmtree(project.path / folder)
+    BENCHMARKS.append(f"{project.name}: two nodes in one container, 2 epochs (4096 samples, CPU) {seconds:.1f} s")
+
+
 @pytest.mark.slurm
 @pytest.mark.variants("default")
 def test_a_slurm_job_trains_with_the_projects_image(project, docker_env, slurm):  # noqa: F811 - the fixture

@@ -336,6 +336,14 @@ def choose_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy()
 
 
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The name the strategy was made with: MultiWorkerMirroredStrategy's class is
+    CollectiveAllReduceStrategy."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    return type(strategy).__name__
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """The worker that logs and keeps the checkpoints: the only one on one machine, the
     chief or worker 0 across machines."""
@@ -424,7 +432,7 @@ def train(args: argparse.Namespace) -> None:
 
     if chief:
         print(
-            f"train: {type(strategy).__name__}, {replicas} replica(s); "
+            f"train: {strategy_name(strategy)}, {replicas} replica(s); "
             f"{args.samples} samples, batch {args.batch_size} per replica",
             flush=True,
         )
