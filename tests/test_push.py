@@ -86,7 +86,8 @@ def user_env(tmp_path: Path, project: Path, **extra: str) -> dict:
     """A user's shell: the stand-in docker first on PATH, no git repository above the
     project, no make or Compose settings inherited from the test run."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("COMPOSE_", "DOCKER_HOST"))}
-    for inherited in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "REGISTRY", "IMAGE_NAME", "PUSH_BUILD"):
+    # DOCKER: the docker CLI docker/push falls back on (CI sets it for the Docker tier).
+    for inherited in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "REGISTRY", "IMAGE_NAME", "PUSH_BUILD", "DOCKER"):
         env.pop(inherited, None)
     env.update(
         PATH=f"{fake_bin(tmp_path, docker=FAKE_DOCKER)}{os.pathsep}{os.environ['PATH']}",
@@ -465,7 +466,7 @@ def test_a_registry_that_does_not_answer_gets_the_login_hint(docker_env, project
     committed(project)
     registry = f"127.0.0.1:{free_port()}"  # nothing listens there
     set_env(project, REGISTRY=registry)
-    local = f"{repository(project)}:dev-cluster"
+    local = f"{local_name(project)}:dev-cluster"
     assert run([cli, "tag", docker_env.base_image, local]).returncode == 0
     try:
         result = run(
