@@ -3,13 +3,19 @@ rebuilds after a change to src/ and after adding one dependency (`make lock`, th
 rebuild), against the floor: one layer FROM the old image installing the same package,
 what any rebuild must at least cost. Also: `make lock` + rebuild + `up` until Jupyter
 answers again, what the rebuild leaves behind (bytes only the old image holds), and a
-teammate's build (another uid) with the bytes only it holds. Prints figures only.
+teammate's build (another uid) with the bytes only it holds. And what a new container
+costs before any work: the framework's import (`import torch`) in a fresh container, the
+bytecode the image holds, and the size of the compilers' layer. Prints figures only.
 
     python benchmarks/docker_build.py [--cold] [--base-image local/debian:trixie]
         [--ca-bundle /etc/ssl/certs/ca-certificates.crt] [answer=value ...]
+    python benchmarks/docker_build.py --compare-with REV [answer=value ...]
 
 --cold empties the whole BuildKit cache first (`docker builder prune -af`), so the
-build downloads everything, as on a new machine. Needs a Docker engine and PyPI.
+build downloads everything, as on a new machine. --compare-with REV measures only the
+new container's figures (build, size, import, up until Jupyter answers, bytecode, the
+compilers' layer), for the template at git revision REV and for this one, side by
+side: before and after a change. Needs a Docker engine and PyPI.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +68,104 @@ ADD_TQDM = {
     "pip": ("requirements.in", "numpy>=1.26\n", "numpy>=1.26\ntqdm\n"),
     "poetry": ("pyproject.toml", '    "numpy>=1.26",\n', '    "numpy>=1.26",\n    "tqdm",\n'),
 }
+
+
+# `import <framework>` timed in a new container each time: what a notebook's first cell
+# or a script pays before any work (no bytecode: each module compiled on the way).
+IMPORT_SECONDS = (
+    "import sys, time; start = time.perf_counter(); __import__(sys.argv[1]); print(time.perf_counter() - start)"
+)
+SIZE_UNITS = {"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+
+
+def import_seconds(docker: str, image: str, module: str, runs: int = 3) -> float:
+    """The median of `runs` imports, each in a container of its own."""
+    times = []
+    for _ in range(runs):
+        result = subprocess.run(
+            [docker, "run", "--rm", image, "python", "-c", IMPORT_SECONDS, module],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        times.append(float(result.stdout.strip().splitlines()[-1]))
+    return statistics.median(times)
+
+
+def compilers_layer_bytes(docker: str, image: str) -> float:
+    """The size of the layer that installs gcc/g++ (0 where the image has none)."""
+    history = subprocess.run(
+        [docker, "history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", image],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for line in history.splitlines():
+        size, _, created_by = line.partition("\t")
+        if "g++ gcc" in created_by:
+            number, unit = re.fullmatch(r"([0-9.]+)\s*([kKMGT]?B)", size.strip()).groups()
+            return float(number) * SIZE_UNITS[unit]
+    return 0.0
+
+
+def bytecode_bytes(docker: str, image: str) -> float:
+    """The .pyc files in the image's environment."""
+    total = subprocess.run(
+        [docker, "run", "--rm", image, "sh", "-c",
+         "find /opt/venv -name '*.pyc' -printf '%s\\n' | awk '{s += $1} END {print s + 0}'"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return float(total.strip() or 0)
+
+
+def startup_figures(template: Path, answers: dict, args, tmp: str) -> dict:
+    """Build the project of `template` and measure what a new container costs; removes
+    its images afterwards."""
+    docker = args.docker
+    project = Path(cookiecutter(str(template), no_input=True, extra_context=answers, output_dir=tmp))
+    env_file = dict(
+        line.split("=", 1) for line in (project / ".env").read_text().splitlines() if line and line[0] != "#"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    env.update(COMPOSE_FILE="compose.yaml", BASE_IMAGE=args.base_image, CA_BUNDLE=args.ca_bundle)
+    compose = [docker, "compose"]
+    image = env_file["IMAGE_NAME"]
+    module = "tensorflow" if answers.get("framework") == "tensorflow" else "torch"
+    figures = {}
+    try:
+        figures["build"] = sh([*compose, "build"], project, env)
+        size = subprocess.run(
+            [docker, "image", "inspect", image, "--format", "{{.Size}}"], capture_output=True, text=True, check=True
+        ).stdout
+        figures["image size (GB)"] = int(size) / 1e9
+        figures["compilers' layer (MB)"] = compilers_layer_bytes(docker, image) / 1e6
+        figures["bytecode in /opt/venv (MB)"] = bytecode_bytes(docker, image) / 1e6
+        figures[f"import {module}, new container (s)"] = import_seconds(docker, image, module)
+        start = time.monotonic()
+        sh([*compose, "up", "-d"], project, env)
+        figures["up -> Jupyter 200 (s)"] = (time.monotonic() - start) + jupyter_ready(
+            int(env_file["JUPYTER_HOST_PORT"]), env_file["JUPYTER_TOKEN"]
+        )
+    finally:
+        subprocess.run(
+            [*compose, "--profile", "tools", "down", "-v", "--rmi", "all"],
+            cwd=project, env=env, capture_output=True, check=False,
+        )  # fmt: skip
+    return figures
+
+
+def compare(revision: str, answers: dict, args) -> int:
+    """startup_figures for the template at `revision` (a git worktree) and for this one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        before = Path(tmp) / "before"
+        sh(["git", "worktree", "add", "--detach", str(before), revision], REPO, dict(os.environ))
+        try:
+            old = startup_figures(before, answers, args, str(Path(tmp) / "old"))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, check=False)
+        new = startup_figures(REPO, answers, args, str(Path(tmp) / "new"))
+    print(f"{'':<36} {revision[:12]:>12} {'this tree':>12}")
+    for name in new:
+        unit = "" if "(" in name else " s"
+        print(f"{name:<36} {old.get(name, float('nan')):12.2f} {new[name]:12.2f}{unit}")
+    print(json.dumps({"answers": answers, "revision": revision, "before": old, "after": new}))
+    return 0
 
 
 BEFORE = "benchmark-before:tmp"
@@ -108,11 +213,14 @@ def main() -> int:
     parser.add_argument("--base-image", default="local/debian:trixie")
     parser.add_argument("--ca-bundle", default="/etc/ssl/certs/ca-certificates.crt")
     parser.add_argument("--docker", default="/usr/bin/docker")
+    parser.add_argument("--compare-with", metavar="REV", help="new-container figures at git revision REV and here")
     parser.add_argument("answers", nargs="*", help="template answers, e.g. python_version=3.10")
     args = parser.parse_args()
     answers = dict(answer.split("=", 1) for answer in args.answers)
     answers.setdefault("jupyter_host_port", "28899")
     docker = args.docker
+    if args.compare_with:
+        return compare(args.compare_with, answers, args)
 
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(cookiecutter(str(REPO), no_input=True, extra_context=answers, output_dir=tmp))
@@ -134,6 +242,10 @@ def main() -> int:
                 check=True,
             ).stdout
             figures["image size (GB)"] = int(size) / 1e9
+            figures["compilers' layer (MB)"] = compilers_layer_bytes(docker, env_file["IMAGE_NAME"]) / 1e6
+            figures["bytecode in /opt/venv (MB)"] = bytecode_bytes(docker, env_file["IMAGE_NAME"]) / 1e6
+            module = "tensorflow" if answers.get("framework") == "tensorflow" else "torch"
+            figures[f"import {module}, new container (s)"] = import_seconds(docker, env_file["IMAGE_NAME"], module)
             start = time.monotonic()
             sh([*compose, "up", "-d"], project, env)
             figures["up -> Jupyter 200 (s)"] = (time.monotonic() - start) + jupyter_ready(
@@ -176,7 +288,7 @@ def main() -> int:
                 check=False,
             )
     for name, value in figures.items():
-        unit = "" if "GB" in name or "MB" in name else ("x" if name == "rebuild / floor" else " s")
+        unit = "" if "(" in name else ("x" if name == "rebuild / floor" else " s")
         print(f"{name:<36} {value:8.2f}{unit}")
     print(json.dumps({"answers": answers, **figures}))
     return 0

@@ -266,6 +266,29 @@ def devcontainer_cli() -> str:
     return cli
 
 
+def python_with(module: str, variable: str) -> str | None:
+    """An interpreter that imports `module`: $variable, the tests' own, python3 on PATH."""
+    candidates = [os.environ.get(variable), sys.executable, shutil.which("python3")]
+    for candidate in filter(None, candidates):
+        try:
+            found = run([candidate, "-c", f"import {module}"], timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if found.returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def torch_python() -> str:
+    """A Python with torch on the host (TORCH_PYTHON; .ci/run makes one with a CPU torch):
+    the tests that need one skip without it, except under REQUIRE_DOCKER=1 (CI)."""
+    found = python_with("torch", "TORCH_PYTHON")
+    if not found:
+        unavailable("no Python with torch on this host (set TORCH_PYTHON); the Docker tier runs it in the image")
+    return found
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `network` need PyPI: they run only with RUN_NETWORK_TESTS=1 (CI).
 
@@ -309,5 +332,6 @@ __all__ = [
     "sha256",
     "template_rules",
     "tool",
+    "torch_python",
     "working_tree_files",
 ]

@@ -148,6 +148,9 @@ def test_gpu_devices_become_the_reservation(origin, tmp_path, value, devices):
     config = compose_config(origin, "compose.yaml:compose.gpu.yaml")
     [reservation] = config["services"]["lab"]["deploy"]["resources"]["reservations"]["devices"]
     assert reservation == {"capabilities": ["gpu"], "driver": "nvidia", **devices}
+    # NCCL's limits, as NVIDIA's containers have them (--ulimit memlock=-1 --ulimit stack=67108864).
+    assert config["services"]["lab"]["ulimits"] == {"memlock": -1, "stack": 67108864}
+    assert "ulimits" not in compose_config(origin, "compose.yaml")["services"]["lab"]  # not without a GPU
 
 
 NVIDIA_SMI_L = """#!/bin/sh

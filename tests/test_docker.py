@@ -206,6 +206,56 @@ def test_jupyter_answers_with_the_token_and_refuses_without(project):
     assert f":{project.container_port}/" not in logs and "file://" not in logs, logs[-3000:]
 
 
+def test_the_token_is_in_no_environment(project, docker_env):
+    """JUPYTER_TOKEN reaches Jupyter as a secret file, so neither the container's
+    environment (`docker inspect`, every process it starts) nor a kernel Jupyter starts
+    holds it, and Jupyter still wants it."""
+    container = project.compose("ps", "-q", "lab").stdout.strip()
+    inspect = json.loads(run([docker_env.cli, "inspect", container]).stdout)[0]
+    assert not [entry for entry in inspect["Config"]["Env"] if entry.startswith("JUPYTER_TOKEN=")]
+    assert project.token not in json.dumps(inspect)
+    assert "JUPYTER_TOKEN_FILE=/run/secrets/jupyter_token" in inspect["Config"]["Env"]
+    # A kernel the server starts, asked for its os.environ over its own connection file.
+    base = f"http://127.0.0.1:{project.host_port}/api/kernels"
+    request = urllib.request.Request(
+        base, data=json.dumps({"name": project.slug}).encode(), method="POST",
+        headers={"Authorization": f"token {project.token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        kernel = json.load(response)["id"]
+    try:
+        environ = json.loads(project.exec("python", "-c", KERNEL_ENVIRON, kernel).stdout.strip().splitlines()[-1])
+    finally:
+        delete = urllib.request.Request(f"{base}/{kernel}", method="DELETE",
+                                        headers={"Authorization": f"token {project.token}"})  # fmt: skip
+        urllib.request.urlopen(delete, timeout=30).close()
+    assert environ["JPY_PARENT_PID"] and "PYTHONPATH" in environ  # the kernel's own environment
+    assert "JUPYTER_TOKEN" not in environ and project.token not in json.dumps(environ)
+    status = f"http://127.0.0.1:{project.host_port}/api/status"
+    assert (http_status(status, project.token), http_status(status)) == (200, 403)
+
+
+# Run in the container: connects to the kernel the server started (argv[1]: its id) and
+# prints the kernel's os.environ as JSON.
+KERNEL_ENVIRON = """
+import json, os, sys
+from jupyter_client import BlockingKernelClient
+from jupyter_core.paths import jupyter_runtime_dir
+
+client = BlockingKernelClient()
+client.load_connection_file(os.path.join(jupyter_runtime_dir(), f"kernel-{sys.argv[1]}.json"))
+client.start_channels()
+client.wait_for_ready(timeout=60)
+out = []
+client.execute_interactive(
+    "import json, os; print(json.dumps(dict(os.environ)))",
+    output_hook=lambda message: out.append(message["content"].get("text", "")),
+    timeout=60,
+)
+print("".join(out).strip().splitlines()[-1])
+"""
+
+
 def test_jupyter_is_published_on_loopback_only(project):
     ports = project.compose("port", "lab", str(project.container_port)).stdout.split()
     assert ports == [f"127.0.0.1:{project.host_port}"]
@@ -255,6 +305,10 @@ def test_gpu_test_reports_the_cpu_and_no_gpu(project):
     assert report["cpu_fp32_gflops"] > 0
     assert report["train_cpu_samples_per_s"] > 0  # a real training step, timed
     assert report["speedup_fp32"] is None and report["h2d_pinned_gbps"] is None
+    if project.framework == "pytorch":  # the image's compiler and Python headers at work
+        assert report["compile_cpu"]["ok"], report["compile_cpu"]
+    else:
+        assert report["compile_cpu"] is None
     table = project.exec("python", "gpu_test.py", "--quick").stdout
     assert "No GPU is usable" in table and "GFLOP/s" in table
     assert project.exec("python", "gpu_test.py", "--quick", "--require-gpu", check=False).returncode == 1
@@ -573,6 +627,70 @@ def test_a_slurm_job_trains_with_the_projects_image(project, docker_env, slurm):
     BENCHMARKS.append(f"{project.name}: Slurm job, 2 agents through c10d, trained in {time.monotonic() - start:.0f} s")
 
 
+@pytest.mark.variants("default")
+def test_make_up_returns_once_jupyter_answers_and_fails_with_its_log_when_it_cannot(project, tmp_path):
+    """`make up` is `up --wait`: it returns when the healthcheck passes, so Jupyter
+    answers at once; a Jupyter that exits (here a broken server setting) makes it fail,
+    with the container's last log lines and what to do."""
+    env = {key: value for key, value in project.env.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    compose = f"COMPOSE={project.docker} compose"
+    project.compose("down")
+    up = run(["make", "up", compose], cwd=project.path, env=env, stdin=subprocess.DEVNULL)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    assert http_status(f"http://127.0.0.1:{project.host_port}/api/status", project.token) == 200  # no waiting
+    broken = project.path / "compose.broken.yaml"
+    broken.write_text('services:\n  lab:\n    command: ["jupyter", "lab", "--ServerApp.port=not-a-port"]\n')
+    try:
+        failed = run(["make", "up", compose], cwd=project.path, env={**env, "COMPOSE_FILE": "compose.yaml:compose.broken.yaml"},
+                     stdin=subprocess.DEVNULL)  # fmt: skip
+        assert failed.returncode != 0
+        assert "Jupyter did not start: the container's last log lines:" in failed.stderr, failed.stderr[-3000:]
+        assert "not-a-port" in failed.stderr  # Jupyter's own complaint, from the log
+        assert "Fix what the log names" in failed.stderr
+    finally:
+        broken.unlink()
+        project.compose("up", "-d")
+        wait_for_jupyter(project)
+
+
+@pytest.mark.variants("default")
+def test_torch_compile_works_and_its_cache_survives_down_and_up(project):
+    """torch.compile on the CPU in the container (Inductor builds C++ with the image's
+    compiler and Python headers), its result checked; its compiled code lands in the
+    project's cache/, so after `down` and `up` the same compile is served from there."""
+    cache = project.path / "cache" / "torchinductor"
+    shutil.rmtree(cache, ignore_errors=True)
+    seconds = []
+    for restart in (False, True):
+        if restart:
+            project.compose("down")
+            project.compose("up", "-d")
+            wait_for_jupyter(project)
+        result = json.loads(project.exec("python", "-c", COMPILE_ONCE).stdout.strip().splitlines()[-1])
+        assert result["matches"], result
+        seconds.append(result["seconds"])
+        assert any(cache.rglob("*.so")), "no compiled code in cache/torchinductor"
+    assert (cache.stat().st_uid, cache.stat().st_gid) == (project.uid, project.gid)
+    assert seconds[1] < 0.6 * seconds[0], seconds
+    BENCHMARKS.append(
+        f"{project.name}: torch.compile on the CPU {seconds[0]:.1f} s, after down/up from cache/ {seconds[1]:.1f} s"
+    )
+
+
+COMPILE_ONCE = """
+import json, time, torch
+
+def function(x, y):
+    return torch.nn.functional.gelu(x @ y) + torch.sin(x).sum(dim=1, keepdim=True)
+
+x, y = torch.randn(64, 64), torch.randn(64, 64)
+start = time.perf_counter()
+result = torch.compile(function)(x, y)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "matches": bool(torch.allclose(result, function(x, y), atol=1e-5))}))
+"""
+
+
 def test_files_written_in_the_container_belong_to_the_host_user(project):
     project.exec(
         "sh", "-c", "echo hi > src/from_container.txt && mkdir -p src/newdir cache/torch && echo x > cache/torch/f"
@@ -757,12 +875,11 @@ def test_product_time_grows_with_n_cubed(project):
         assert 3 < times[large] / times[small] < 20, times
 
 
+@pytest.mark.variants("default")
 def test_the_readme_first_run_and_daily_commands_work(project, tmp_path):
     """The project README, as a newcomer follows it: every command block it gives for
     the first run and daily use, verbatim, in its order, on the real engine. (The CPU
     form: this machine has no GPU, so COMPOSE_FILE=compose.yaml, as the README says.)"""
-    if project.name != "Docker Default":
-        return
     readme = project.path / "README.md"
     # `docker` on PATH is the client that builds here (see conftest.docker_env).
     bin_dir = tmp_path / "bin"
@@ -784,7 +901,8 @@ def test_the_readme_first_run_and_daily_commands_work(project, tmp_path):
     doctor = run_block("check-host")
     assert "GPU not requested" in doctor and "  FAIL  " not in doctor
     run_block("start")
-    wait_for_jupyter(project)
+    # `make up` returned once Jupyter answers: no waiting here.
+    assert http_status(f"http://127.0.0.1:{project.host_port}/api/status", project.token) == 200
     assert "No GPU is usable" in run_block("gpu-test")
     [url] = [line for line in run_block("open-jupyter").splitlines() if line.startswith("http")]
     assert url == f"http://127.0.0.1:{project.host_port}/lab?token={project.token}"

@@ -5,6 +5,7 @@ so each test controls exactly what the engine answers."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import sys
@@ -15,7 +16,7 @@ from conftest import fake_bin, run, template_rules
 
 FAKE_DOCKER = """#!/bin/sh
 case "$*" in
-  info) printf ' Server Version: %s\\n Runtimes: %s\\n' "${FAKE_DOCKER_VERSION:-24.0.7}" "${FAKE_RUNTIMES:-io.containerd.runc.v2 runc}" ;;
+  info) printf ' Server Version: %s\\n Runtimes: %s\\n Cgroup Driver: %s\\n' "${FAKE_DOCKER_VERSION:-24.0.7}" "${FAKE_RUNTIMES:-io.containerd.runc.v2 runc}" "${FAKE_CGROUP_DRIVER:-cgroupfs}" ;;
   "compose version --short") echo 2.29.1 ;;
   *) ;;
 esac
@@ -159,6 +160,66 @@ def test_gpu_requested_without_the_container_toolkit(bake, tmp_path):
     code, out = doctor(project, path, DRIVER="590.10.01", NAME="NVIDIA H200", CC="9.0", COMPOSE_FILE=GPU_FILES)
     assert code == 1 and "Docker has no NVIDIA runtime" in out and "COMPOSE_FILE=compose.yaml" in out
     assert "ok    driver 590.10.01 (NVIDIA H200) runs CUDA 13.0" in out
+
+
+def doctor_module(project: Path):
+    """The project's docker/doctor.py, imported (it finds setup_env.py beside itself)."""
+    spec = importlib.util.spec_from_file_location(f"doctor_{project.name}", project / "docker" / "doctor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_dev(tmp_path: Path, linked: list[str]) -> Path:
+    """A /dev with NVIDIA device files (links to /dev/null and /dev/zero, character
+    devices 1:3 and 1:5, as the real ones are 195:N) and /dev/char links for `linked`."""
+    dev = tmp_path / "dev"
+    (dev / "char").mkdir(parents=True)
+    (dev / "nvidia-caps").mkdir()
+    (dev / "nvidia0").symlink_to("/dev/null")
+    (dev / "nvidia-caps" / "nvidia-cap1").symlink_to("/dev/zero")
+    (dev / "nvidia-smi-not-a-device").write_text("")
+    for name in linked:
+        (dev / "char" / name).symlink_to("../nvidia0")
+    return dev
+
+
+@pytest.mark.parametrize(
+    ("driver", "linked", "expected"),
+    [
+        ("systemd", [], "WARN  /dev/char has no link to {dev}/nvidia-caps/nvidia-cap1, {dev}/nvidia0: with Docker's systemd cgroup driver"),
+        ("systemd", ["1:3"], "WARN  /dev/char has no link to {dev}/nvidia-caps/nvidia-cap1: "),
+        ("systemd", ["1:3", "1:5"], "ok    /dev/char links every NVIDIA device"),
+        ("cgroupfs", [], None),  # only systemd's reload takes the devices away
+    ],
+)  # fmt: skip
+def test_doctor_checks_the_dev_char_links_systemd_needs(cpu_project, tmp_path, capfd, driver, linked, expected):
+    module = doctor_module(cpu_project)
+    dev = fake_dev(tmp_path, linked)
+    checks = module.Doctor()
+    module.check_dev_char(checks, {"Cgroup Driver": driver}, dev)
+    out = capfd.readouterr().out
+    if expected is None:
+        assert out == ""
+        return
+    assert expected.format(dev=dev) in out
+    if expected.startswith("WARN"):
+        assert "Failed to initialize NVML: Unknown Error" in out
+        assert "fix: sudo nvidia-ctk system create-dev-char-symlinks --create-all" in out
+        assert "71-nvidia-dev-char.rules" in out and 'DEVPATH=="/bus/pci/drivers/nvidia"' in out
+        assert checks.warnings == 1 and checks.blockers == 0
+
+
+def test_doctor_on_a_gpu_host_under_systemd_checks_dev_char(bake, tmp_path):
+    project = bake().project_path
+    path = fake_bin(tmp_path, docker=FAKE_DOCKER, **{"nvidia-smi": FAKE_SMI})
+    code, out = doctor(project, path, FAKE_RUNTIMES=NVIDIA_RUNTIMES, FAKE_CGROUP_DRIVER="systemd", DRIVER="590.10.01",
+                       NAME="NVIDIA H200", CC="9.0", COMPOSE_FILE=GPU_FILES)  # fmt: skip
+    # This host's own /dev: here, no NVIDIA device files, so nothing lacks a link.
+    if doctor_module(project).missing_dev_char_links(Path("/dev")):
+        assert "WARN  /dev/char has no link to /dev/nvidia" in out, out
+    else:
+        assert code == 0 and "ok    /dev/char links every NVIDIA device" in out, out
 
 
 def set_env_line(project: Path, key: str, value: bytes) -> int:

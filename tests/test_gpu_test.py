@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import TEMPLATE, template_rules
+from conftest import BENCHMARKS, TEMPLATE, template_rules
 from test_readme import readme_block
 
 spec = importlib.util.spec_from_file_location("gpu_test", TEMPLATE / "{{cookiecutter.project_slug}}" / "gpu_test.py")
@@ -122,6 +122,66 @@ def test_a_gpu_computing_wrongly_fails_the_run(monkeypatch):
     monkeypatch.setattr(gpu_test, "collect", lambda args: wrong)
     monkeypatch.setattr(gpu_test, "print_table", lambda report: None)
     assert gpu_test.main(["--require-gpu"]) == 1
+
+
+def test_a_failed_torch_compile_fails_the_run_and_the_verdict_says_why(monkeypatch, capsys):
+    failed = {"ok": False, "seconds": None, "error": "InvalidCxxCompiler: No working C++ compiler found"}
+    report = {**dict.fromkeys(gpu_test.REPORT_FIELDS), "gpu_available": False, "no_gpu_reason": "none here", "gpus": [],
+              "compile_cpu": failed}  # fmt: skip
+    monkeypatch.setattr(gpu_test, "collect", lambda args: report)
+    assert gpu_test.main([]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert last == [
+        "Verdict: NO GPU: none here.",
+        "Verdict: FAIL: torch.compile failed on the CPU: InvalidCxxCompiler: No working C++ compiler found.",
+    ]
+
+
+def project_gpu_test(tmp_path: Path) -> Path:
+    """The template's gpu_test.py, rendered (it has no Jinja of its own), in a folder."""
+    path = tmp_path / "gpu_test.py"
+    path.write_text((TEMPLATE / "{{cookiecutter.project_slug}}" / "gpu_test.py").read_text())
+    return path
+
+
+def test_torch_compile_is_checked_and_its_cache_makes_the_second_run_faster(tmp_path, torch_python):
+    """The real torch.compile on the CPU (Inductor compiles C++ with the host's g++), the
+    result checked against eager mode; the second run is served from the cache folder."""
+    script = project_gpu_test(tmp_path)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "CUDA_VISIBLE_DEVICES": ""}
+    checks = []
+    for _ in range(2):
+        result = subprocess.run([torch_python, str(script), "--quick", "--json"], capture_output=True, text=True,
+                                env=env, timeout=600, check=False)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        checks.append(json.loads(result.stdout)["compile_cpu"])
+    first, second = checks
+    assert first["ok"] and second["ok"], checks
+    assert any((tmp_path / "inductor").rglob("*.so")), "no compiled kernel in the cache folder"
+    assert second["seconds"] < first["seconds"] / 2, checks
+    BENCHMARKS.append(
+        f"gpu_test torch.compile check, CPU: {first['seconds']:.1f} s cold, {second['seconds']:.1f} s cached"
+    )
+
+
+def test_torch_compile_without_a_compiler_fails_naming_it(tmp_path, torch_python):
+    script = project_gpu_test(tmp_path)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "CXX": "/nonexistent/g++",
+           "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    result = subprocess.run([torch_python, str(script), "--quick"], capture_output=True, text=True, env=env,
+                            timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert "torch.compile, CPU           FAILED: " in result.stdout
+    assert (
+        result.stdout.strip()
+        .splitlines()[-1]
+        .startswith(
+            "Verdict: FAIL: torch.compile failed on the CPU: InductorError: InvalidCxxCompiler: No working C++ compiler"
+        )
+    ), result.stdout[-2000:]
+    skipped = subprocess.run([torch_python, str(script), "--quick", "--json", "--no-compile"], capture_output=True,
+                             text=True, env=env, timeout=600, check=False)  # fmt: skip
+    assert skipped.returncode == 0 and json.loads(skipped.stdout)["compile_cpu"] is None
 
 
 def test_report_has_every_field_even_without_a_framework(capsys):

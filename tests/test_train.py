@@ -21,33 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BENCHMARKS, TEMPLATE, run, tool, unavailable
+from conftest import BENCHMARKS, TEMPLATE, run, tool
 from cookiecutter.main import cookiecutter
 
 DONE = re.compile(r"^train: done epochs=(\d+) loss_first=(\S+) loss_last=(\S+) resumed_from=(\d+)$", re.MULTILINE)
 # A few seconds each on a laptop's CPU.
 SMALL = ["--samples", "8192", "--batch-size", "128"]
-
-
-def python_with(module: str, variable: str) -> str | None:
-    """An interpreter that imports `module`: $variable, the tests' own, python3 on PATH."""
-    candidates = [os.environ.get(variable), sys.executable, shutil.which("python3")]
-    for candidate in filter(None, candidates):
-        try:
-            found = run([candidate, "-c", f"import {module}"], timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if found.returncode == 0:
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-def torch_python() -> str:
-    found = python_with("torch", "TORCH_PYTHON")
-    if not found:
-        unavailable("no Python with torch on this host (set TORCH_PYTHON); the Docker tier trains in the image")
-    return found
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ GPU is, against the CPU, on the same work, measured correctly.
     python gpu_test.py --json          # the same as JSON, for scripts
     python gpu_test.py --require-gpu   # exit 1 when no GPU is usable
     python gpu_test.py --verbose       # also the framework's own log (CUDA, cuDNN, XLA notes)
+    python gpu_test.py --no-compile    # without the torch.compile check (seconds the first time)
     torchrun --nproc-per-node 2 gpu_test.py --allreduce   # all-reduce check (NCCL or gloo)
 
 GPU work is asynchronous: a timer around a kernel launch measures the launch, not the
@@ -55,7 +56,7 @@ REPORT_FIELDS = (
     "matmul_big_n", "half_precision", "gpu_fp32_tflops", "gpu_tf32_tflops", "gpu_half_tflops",
     "h2d_pinned_gbps", "d2d_copy_tbps",
     "train_cpu_samples_per_s", "train_gpu_samples_per_s", "train_speedup",
-    "allreduce",
+    "allreduce", "compile_cpu", "compile_gpu",
 )  # fmt: skip
 
 NO_GPU_HINTS = [
@@ -76,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, help="n for the CPU/GPU n x n product (default 4096, quick 512)")
     parser.add_argument("--repeats", type=int, help="timed repetitions per measurement (median reported)")
     parser.add_argument("--allreduce", action="store_true", help="all-reduce check; run it under torchrun")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile check (PyTorch; seconds the first time)"
+    )
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -242,6 +246,8 @@ def torch_report(args: argparse.Namespace) -> dict:
     report["cpu_fp32_seconds"] = cpu_seconds
     report["cpu_fp32_gflops"] = 2 * n**3 / cpu_seconds / 1e9
     report["train_cpu_samples_per_s"] = train_samples_per_second(torch, "cpu", args.quick, repeats)
+    if not args.no_compile:
+        report["compile_cpu"] = compile_check(torch, "cpu")
 
     if not report["gpu_available"]:
         report["no_gpu_reason"] = (
@@ -302,9 +308,45 @@ def torch_report(args: argparse.Namespace) -> dict:
 
     report["train_gpu_samples_per_s"] = train_samples_per_second(torch, "cuda", args.quick, repeats)
     report["train_speedup"] = report["train_gpu_samples_per_s"] / report["train_cpu_samples_per_s"]
+    if not args.no_compile:
+        report["compile_gpu"] = compile_check(torch, "cuda")
     if torch.cuda.device_count() > 1:
         report["allreduce"] = launch_allreduce(torch.cuda.device_count(), args.quick)
     return report
+
+
+def compile_check(torch, device: str) -> dict:
+    """torch.compile of a small function on `device`, its result checked against the same
+    function run eagerly: {"ok", "seconds" (compiling and the first call), "error"}.
+    Inductor compiles C++ for the CPU and Triton kernels for a GPU (Triton builds a C
+    helper the first time): it needs the compiler and Python's headers the image holds.
+    Compiled code is cached (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR: cache/), so a
+    second run takes a fraction of the first one's time."""
+
+    def function(x, y):
+        return torch.nn.functional.gelu(x @ y) + torch.sin(x).sum(dim=1, keepdim=True)
+
+    x = torch.randn(64, 64, device=device)
+    y = torch.randn(64, 64, device=device)
+    start = time.perf_counter()
+    try:
+        result = torch.compile(function)(x, y)
+        if device != "cpu":
+            torch.cuda.synchronize()
+    except Exception as error:  # noqa: BLE001 - any failure is the report's answer
+        return {"ok": False, "seconds": None, "error": first_line(error)}
+    seconds = time.perf_counter() - start
+    if not torch.allclose(result, function(x, y), rtol=1e-4, atol=1e-4):
+        return {"ok": False, "seconds": seconds, "error": "the compiled function's result differs from eager mode"}
+    return {"ok": True, "seconds": seconds, "error": None}
+
+
+def first_line(error: BaseException, limit: int = 240) -> str:
+    """An exception as one line: its type and its message's first line (torch's compile
+    errors name their cause there, e.g. "InvalidCxxCompiler: No working C++ compiler")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def set_tf32(torch, enabled: bool) -> None:
@@ -567,7 +609,9 @@ def print_table(report: dict) -> None:
         elif gpu["kernels"] == "ptx":
             print(
                 f"  NOTE: this {report['framework']} build has only PTX for compute {gpu['compute_capability']}: the "
-                "driver compiles each kernel on its first use, so the first run is slow (minutes; cached afterwards)."
+                "driver compiles each kernel on its first use, so the first run is slow (up to tens of minutes). "
+                "The compiled kernels are kept in cache/nv-compute (CUDA_CACHE_PATH), so it is slow once, not "
+                "after every restart."
             )
     if report.get("framework") == "tensorflow" and report["gpu_available"]:
         print("  GPU memory growth is on: TensorFlow takes GPU memory as it needs it, not all at start.")
@@ -594,6 +638,15 @@ def print_table(report: dict) -> None:
     if report["train_gpu_samples_per_s"] is not None:
         row("Training step, GPU", f"{report['train_gpu_samples_per_s']:10.0f} samples/s")
         row("Training speedup", f"{report['train_speedup']:10.1f}x")
+    for device in ("cpu", "gpu"):
+        check = report.get(f"compile_{device}")
+        if check is None:
+            continue
+        if check["ok"]:
+            shown = f"OK, result checked ({check['seconds']:.1f} s to compile and run; cached in cache/)"
+        else:
+            shown = f"FAILED: {check['error']}"
+        row(f"torch.compile, {device.upper()}", shown)
     if report["allreduce"] is not None:
         reduce = report["allreduce"]
         if reduce.get("ok"):
@@ -606,21 +659,28 @@ def print_table(report: dict) -> None:
 
 
 def gpu_problems(report: dict) -> list[str]:
-    """What the GPU did wrong ([] when it passed, or there was no GPU to run)."""
+    """What went wrong ([] when every check passed, or there was no GPU to run): the
+    GPU's results, the all-reduce, torch.compile."""
     found = []
     if report["results_match"] is False:
         found.append("GPU and CPU results differ: the GPU computes wrongly")
     if not (report["allreduce"] or {}).get("ok", True):
         found.append("the all-reduce check failed")
+    for device in ("cpu", "gpu"):
+        check = report.get(f"compile_{device}")
+        if check is not None and not check["ok"]:
+            found.append(f"torch.compile failed on the {device.upper()}: {check['error']}")
     return found
 
 
 def verdict(report: dict) -> list[str]:
     """The answer in a line or two, printed last: no log or table may bury it."""
+    problems = gpu_problems(report)
     if not report["gpu_available"]:
         cpu_only = "; the benchmark ran on the CPU only" if report.get("cpu_fp32_gflops") is not None else ""
-        return [f"Verdict: NO GPU: {report.get('no_gpu_reason')}{cpu_only}."]
-    problems = gpu_problems(report)
+        return [f"Verdict: NO GPU: {report.get('no_gpu_reason')}{cpu_only}."] + [
+            f"Verdict: FAIL: {problem}." for problem in problems
+        ]
     if problems:
         return [f"Verdict: FAIL: {problem}." for problem in problems]
     gpus = report.get("gpus") or []

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -228,6 +229,56 @@ def check_gpu(doctor: Doctor, env: dict[str, str] | None, info: dict[str, str] |
         doctor.ok(f"driver {driver} ({rows[0][1]}) runs CUDA {CUDA_VERSION}")
     check_gpu_kernels(doctor, rows)
     check_gpu_devices(doctor, env or {})
+    check_dev_char(doctor, info)
+
+
+# The host's device files (a test points it elsewhere).
+DEV = Path("/dev")
+# NVIDIA's rule that keeps the /dev/char links after reboots and driver reloads.
+DEV_CHAR_RULE = (
+    'ACTION=="add", DEVPATH=="/bus/pci/drivers/nvidia", '
+    'RUN+="/usr/bin/nvidia-ctk system create-dev-char-symlinks --create-all"'
+)
+
+
+def missing_dev_char_links(dev: Path) -> list[str]:
+    """The NVIDIA device files (/dev/nvidia*, /dev/nvidia-caps/*) that /dev/char has no
+    link to, as /dev/char/MAJOR:MINOR."""
+    missing = []
+    for node in sorted([*dev.glob("nvidia*"), *dev.glob("nvidia-caps/*")]):
+        try:
+            info = node.stat()
+        except OSError:
+            continue
+        if not stat.S_ISCHR(info.st_mode):
+            continue
+        link = dev / "char" / f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+        if not os.path.lexists(link):
+            missing.append(str(node))
+    return missing
+
+
+def check_dev_char(doctor: Doctor, info: dict[str, str] | None, dev: Path | None = None) -> None:
+    """Docker under systemd's cgroup driver: a `systemctl daemon-reload` on the host (a
+    package upgrade runs one) takes the GPUs from running containers ("Failed to
+    initialize NVML: Unknown Error") unless /dev/char links every NVIDIA device file, so
+    that runc can name them in the rules systemd rewrites (NVIDIA's notice in
+    nvidia-docker issue 1730)."""
+    dev = dev or DEV
+    if info is None or info.get("Cgroup Driver") != "systemd":
+        return
+    missing = missing_dev_char_links(dev)
+    if not missing:
+        doctor.ok("/dev/char links every NVIDIA device: containers keep their GPUs when systemd reloads")
+        return
+    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    doctor.warn(
+        f"/dev/char has no link to {shown}: with Docker's systemd cgroup driver, the next "
+        "`systemctl daemon-reload` on this host takes the GPUs from running containers "
+        "('Failed to initialize NVML: Unknown Error' until they are recreated)",
+        "sudo nvidia-ctk system create-dev-char-symlinks --create-all, and to keep them after reboots, "
+        f"NVIDIA's udev rule in /lib/udev/rules.d/71-nvidia-dev-char.rules: {DEV_CHAR_RULE}",
+    )
 
 
 def check_gpu_devices(doctor: Doctor, env: dict[str, str]) -> None:
@@ -462,10 +513,18 @@ def check_in_container(doctor: Doctor) -> None:
     if sees_gpu:
         doctor.ok(f"{FRAMEWORK} sees the GPU")
     elif os.environ.get("NVIDIA_VISIBLE_DEVICES") and Path("/dev/nvidiactl").exists():
-        doctor.fail(
-            f"a GPU is attached but {FRAMEWORK} does not see it",
-            "run `python gpu_test.py` for the reason (CUDA build vs driver)",
-        )
+        smi = run(["nvidia-smi", "-L"]) if shutil.which("nvidia-smi") else None
+        if smi is not None and "Failed to initialize NVML" in smi.stdout + smi.stderr:
+            doctor.fail(
+                "the container lost its GPUs (nvidia-smi: 'Failed to initialize NVML'): the host reloaded "
+                "systemd since it started, and /dev/char lacks links to the NVIDIA devices",
+                "`make down && make up` gives them back; `make doctor` on the host prints the lasting fix",
+            )
+        else:
+            doctor.fail(
+                f"a GPU is attached but {FRAMEWORK} does not see it",
+                "run `python gpu_test.py` for the reason (CUDA build vs driver)",
+            )
     else:
         doctor.warn(
             f"{FRAMEWORK} sees no GPU: this container runs on the CPU",

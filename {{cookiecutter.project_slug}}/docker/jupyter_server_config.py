@@ -1,11 +1,27 @@
 # Jupyter server settings for the container (installed in /opt/venv/etc/jupyter).
-# The token comes from JUPYTER_TOKEN and the port from JUPYTER_PORT (compose sets
-# both from .env); Jupyter refuses every request without the token.
+# The token comes from the file JUPYTER_TOKEN_FILE names (compose.yaml: the secret made
+# from JUPYTER_TOKEN in .env) and the port from JUPYTER_PORT; Jupyter refuses every
+# request without the token.
 import ipaddress
 import os
 import re
+import sys
 
 c = get_config()  # noqa: F821 (provided by Jupyter when it loads this file)
+
+# Read here, whitespace stripped, rather than left to Jupyter: a token file that is
+# missing or empty stops the server with a message instead of serving under a token
+# nobody has. JUPYTER_TOKEN, where a user still sets one by hand, is left to Jupyter.
+token_file = os.environ.get("JUPYTER_TOKEN_FILE")
+if token_file and not os.environ.get("JUPYTER_TOKEN"):
+    try:
+        with open(token_file, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as error:
+        sys.exit(f"jupyter: cannot read the token file {token_file} ({error.strerror}): is JUPYTER_TOKEN set in .env?")
+    if not token:
+        sys.exit(f"jupyter: the token file {token_file} is empty: set JUPYTER_TOKEN in .env, then `make up`")
+    c.IdentityProvider.token = token
 
 # All interfaces inside the container, so Docker can forward the port; compose
 # publishes it on the host's 127.0.0.1 only.

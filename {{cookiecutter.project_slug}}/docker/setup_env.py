@@ -422,6 +422,13 @@ services:
             - driver: nvidia
               {select}
               capabilities: [gpu]
+    # The limits NVIDIA sets for its own containers (--ulimit memlock=-1 --ulimit
+    # stack=67108864): NCCL over InfiniBand pins memory for transfers, which the default
+    # memlock limit (8 MB) stops, and the container, holding no capabilities, cannot
+    # raise a limit itself.
+    ulimits:
+      memlock: -1
+      stack: 67108864
 """
 
 
