@@ -118,7 +118,16 @@ def startup_figures(template: Path, answers: dict, args, tmp: str) -> dict:
     """Build the project of `template` and measure what a new container costs; removes
     its images afterwards."""
     docker = args.docker
-    project = Path(cookiecutter(str(template), no_input=True, extra_context=answers, output_dir=tmp))
+    # In a process of its own: the template's Jinja extension and rules are imported from
+    # the template folder, and this process already holds this checkout's.
+    baked = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--no-input", "-o", tmp, str(template),
+         *(f"{key}={value}" for key, value in answers.items())],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if baked.returncode != 0:
+        sys.exit(f"generating from {template} failed:\n{baked.stdout[-2000:]}{baked.stderr[-2000:]}")
+    [project] = Path(tmp).iterdir()
     env_file = dict(
         line.split("=", 1) for line in (project / ".env").read_text().splitlines() if line and line[0] != "#"
     )

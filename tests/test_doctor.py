@@ -179,6 +179,9 @@ def fake_dev(tmp_path: Path, linked: list[str]) -> Path:
     (dev / "nvidia0").symlink_to("/dev/null")
     (dev / "nvidia-caps" / "nvidia-cap1").symlink_to("/dev/zero")
     (dev / "nvidia-smi-not-a-device").write_text("")
+    # NVIDIA's fix leaves these out, so asking for their links would warn after it.
+    (dev / "nvidia-nvswitch0").symlink_to("/dev/full")
+    (dev / "nvidia-fs0").symlink_to("/dev/full")
     for name in linked:
         (dev / "char" / name).symlink_to("../nvidia0")
     return dev

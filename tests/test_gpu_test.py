@@ -137,6 +137,24 @@ def test_a_failed_torch_compile_fails_the_run_and_the_verdict_says_why(monkeypat
     ]
 
 
+def test_a_gpu_triton_cannot_compile_for_is_noted_not_failed(monkeypatch, capsys):
+    """The CUDA 12.6 build serves Maxwell and Pascal, which Triton (torch.compile's GPU
+    backend) does not: the check says so and the run still passes."""
+    skipped = {"ok": None, "seconds": None, "error": None, "skipped": "Triton needs compute capability 7.0"}
+    passed = {"ok": True, "seconds": 3.0, "error": None, "skipped": None}
+    report = {**dict.fromkeys(gpu_test.REPORT_FIELDS), "gpu_available": True, "results_match": True, "gpus": [],
+              "compile_cpu": passed, "compile_gpu": skipped, "cpu_fp32_gflops": 10.0, "matmul_n": 512,
+              "cpu_threads": 2, "gpu_fp32_seconds": 0.01, "speedup_fp32": 20.0, "matmul_big_n": 1024,
+              "half_precision": "bfloat16", "gpu_fp32_tflops": 1.0, "gpu_tf32_tflops": 2.0,
+              "gpu_half_tflops": 4.0}  # fmt: skip
+    monkeypatch.setattr(gpu_test, "collect", lambda args: report)
+    assert gpu_test.main([]) == 0
+    out = capsys.readouterr().out
+    assert "torch.compile, GPU           not checked: Triton needs compute capability 7.0" in out
+    assert "torch.compile, CPU           OK, result checked (3.0 s" in out
+    assert "FAIL" not in out
+
+
 def project_gpu_test(tmp_path: Path) -> Path:
     """The template's gpu_test.py, rendered (it has no Jinja of its own), in a folder."""
     path = tmp_path / "gpu_test.py"

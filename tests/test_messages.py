@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import os
 import runpy
+import shlex
 import shutil
 import ssl
 import sys
@@ -113,6 +114,47 @@ def test_make_up_stops_on_a_host_name_with_composes_error_and_the_setting(up_pro
     assert "fake compose: up" not in result.stdout
 
 
+# What Compose prints when `up --wait` ends badly, and what `make up` adds: Jupyter's log
+# for a container that exited or never turned healthy, nothing of it for a failed build.
+UP_OUTCOMES = {
+    "exited": ("container gpu_lab-x-lab-1 exited (1)", True),
+    "unhealthy": ("dependency failed to start: container gpu_lab-x-lab-1 is unhealthy", True),
+    "build-failed": (
+        'ERROR: failed to solve: process "/bin/bash -c exit 1" did not complete successfully: exit code: 1\n#9 0.31 '
+        + "sh: exited (1)",
+        False,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("outcome", list(UP_OUTCOMES))
+def test_make_up_shows_jupyters_log_when_it_did_not_start(up_project, tmp_path, outcome):
+    project, env_text, real = up_project
+    printed, jupyter_failed = UP_OUTCOMES[outcome]
+    compose = (
+        f'#!/bin/sh\nif [ "$1" = config ]; then exec {real} "$@"; fi\n'
+        'case "$1" in\n'
+        f"  up) echo {shlex.quote(printed)}; exit 1 ;;\n"
+        '  logs) echo "lab-1  | [C 12:00:01 ServerApp] Bad config encountered during initialization"; exit 0 ;;\n'
+        "esac\n"
+    )
+    folder = fake_bin(tmp_path, **{"failing-compose": compose})
+    (project / ".env").write_text(env_text)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
+    for inherited in ("JUPYTER_BIND_ADDRESS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"):
+        env.pop(inherited, None)
+    result = run(["make", "up", f"COMPOSE={folder}/failing-compose"], cwd=project, env=env)
+    assert result.returncode != 0
+    if jupyter_failed:
+        assert (
+            "Jupyter did not start: the container's last log lines:\n"
+            "lab-1  | [C 12:00:01 ServerApp] Bad config encountered during initialization\n"
+        ) in result.stderr
+        assert "Fix what the log names (often a setting in .env), then `make up`" in result.stderr
+    else:
+        assert "Jupyter did not start" not in result.stderr and "Bad config" not in result.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # Jupyter's log: the address to open on the host, and no other
 # ---------------------------------------------------------------------------------------
@@ -135,7 +177,7 @@ def jupyter_config_file(tmp_path_factory) -> Path:
 
 
 def load_jupyter_config(path: Path, monkeypatch, **env: str) -> FakeConfig:
-    for key in ("JUPYTER_HOST_PORT", "JUPYTER_BIND_ADDRESS", "JUPYTER_TOKEN", "JUPYTER_PORT"):
+    for key in ("JUPYTER_HOST_PORT", "JUPYTER_BIND_ADDRESS", "JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -163,6 +205,33 @@ def test_jupyter_displays_the_address_to_open_on_the_host(jupyter_config_file, m
     config = load_jupyter_config(jupyter_config_file, monkeypatch, **env)
     assert config.ServerApp.custom_display_url == shown
     assert config.ServerApp.ip == "0.0.0.0"
+
+
+def test_jupyter_takes_its_token_from_the_secret_file(jupyter_config_file, monkeypatch, tmp_path):
+    secret = tmp_path / "jupyter_token"
+    secret.write_text("s3cret-token\n")  # a trailing newline (an editor's) is not part of it
+    config = load_jupyter_config(jupyter_config_file, monkeypatch, JUPYTER_TOKEN_FILE=str(secret))
+    assert config.IdentityProvider.token == "s3cret-token"
+    # A JUPYTER_TOKEN set by hand is left to Jupyter, which reads it first.
+    config = load_jupyter_config(jupyter_config_file, monkeypatch, JUPYTER_TOKEN_FILE=str(secret), JUPYTER_TOKEN="t")
+    assert not hasattr(config.IdentityProvider, "token")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "jupyter: cannot read the token file {path} (No such file or directory): is JUPYTER_TOKEN set in .env?"),
+        (" \n", "jupyter: the token file {path} is empty: set JUPYTER_TOKEN in .env, then `make up`"),
+    ],
+)  # fmt: skip
+def test_jupyter_refuses_to_start_without_a_token(jupyter_config_file, monkeypatch, tmp_path, content, message):
+    """Jupyter would otherwise serve under a token it generated, which nobody has."""
+    secret = tmp_path / "jupyter_token"
+    if content is not None:
+        secret.write_text(content)
+    with pytest.raises(SystemExit) as stopped:
+        load_jupyter_config(jupyter_config_file, monkeypatch, JUPYTER_TOKEN_FILE=str(secret))
+    assert str(stopped.value) == message.format(path=secret)
 
 
 # What jupyter_server 2.21.1 logs once started (ServerApp.start_app), with the

@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 
+# Triton, torch.compile's GPU backend, compiles for Volta (7.0) and newer only.
+TRITON_MIN_CAPABILITY = (7, 0)
 # /dev/shm below this makes DataLoader workers die with "Bus error" on real datasets.
 MIN_SHM_BYTES = 1 << 30
 # A timed batch of GPU work lasts at least this long, so launch overhead is negligible.
@@ -309,7 +311,15 @@ def torch_report(args: argparse.Namespace) -> dict:
     report["train_gpu_samples_per_s"] = train_samples_per_second(torch, "cuda", args.quick, repeats)
     report["train_speedup"] = report["train_gpu_samples_per_s"] / report["train_cpu_samples_per_s"]
     if not args.no_compile:
-        report["compile_gpu"] = compile_check(torch, "cuda")
+        capability = torch.cuda.get_device_capability(0)
+        if capability >= TRITON_MIN_CAPABILITY:
+            report["compile_gpu"] = compile_check(torch, "cuda")
+        else:  # a GPU this build serves, but Triton (torch.compile's GPU backend) does not
+            report["compile_gpu"] = {
+                "ok": None, "seconds": None, "error": None,
+                "skipped": f"Triton, torch.compile's GPU backend, needs compute capability 7.0 or newer "
+                f"(this GPU: {capability[0]}.{capability[1]}); eager mode is unaffected",
+            }  # fmt: skip
     if torch.cuda.device_count() > 1:
         report["allreduce"] = launch_allreduce(torch.cuda.device_count(), args.quick)
     return report
@@ -317,7 +327,8 @@ def torch_report(args: argparse.Namespace) -> dict:
 
 def compile_check(torch, device: str) -> dict:
     """torch.compile of a small function on `device`, its result checked against the same
-    function run eagerly: {"ok", "seconds" (compiling and the first call), "error"}.
+    function run eagerly: {"ok", "seconds" (compiling and the first call), "error",
+    "skipped" (why it was not run: null here)}.
     Inductor compiles C++ for the CPU and Triton kernels for a GPU (Triton builds a C
     helper the first time): it needs the compiler and Python's headers the image holds.
     Compiled code is cached (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR: cache/), so a
@@ -334,11 +345,12 @@ def compile_check(torch, device: str) -> dict:
         if device != "cpu":
             torch.cuda.synchronize()
     except Exception as error:  # noqa: BLE001 - any failure is the report's answer
-        return {"ok": False, "seconds": None, "error": first_line(error)}
+        return {"ok": False, "seconds": None, "error": first_line(error), "skipped": None}
     seconds = time.perf_counter() - start
     if not torch.allclose(result, function(x, y), rtol=1e-4, atol=1e-4):
-        return {"ok": False, "seconds": seconds, "error": "the compiled function's result differs from eager mode"}
-    return {"ok": True, "seconds": seconds, "error": None}
+        error = "the compiled function's result differs from eager mode"
+        return {"ok": False, "seconds": seconds, "error": error, "skipped": None}
+    return {"ok": True, "seconds": seconds, "error": None, "skipped": None}
 
 
 def first_line(error: BaseException, limit: int = 240) -> str:
@@ -642,7 +654,9 @@ def print_table(report: dict) -> None:
         check = report.get(f"compile_{device}")
         if check is None:
             continue
-        if check["ok"]:
+        if check.get("skipped"):
+            shown = f"not checked: {check['skipped']}"
+        elif check["ok"]:
             shown = f"OK, result checked ({check['seconds']:.1f} s to compile and run; cached in cache/)"
         else:
             shown = f"FAILED: {check['error']}"
@@ -668,7 +682,7 @@ def gpu_problems(report: dict) -> list[str]:
         found.append("the all-reduce check failed")
     for device in ("cpu", "gpu"):
         check = report.get(f"compile_{device}")
-        if check is not None and not check["ok"]:
+        if check is not None and check["ok"] is False:
             found.append(f"torch.compile failed on the {device.upper()}: {check['error']}")
     return found
 

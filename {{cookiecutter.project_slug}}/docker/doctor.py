@@ -241,11 +241,18 @@ DEV_CHAR_RULE = (
 )
 
 
+# Device files NVIDIA's `create-dev-char-symlinks --create-all` leaves out (GPUDirect
+# Storage, NVSwitch, NVLink): asking for their links would warn after the fix.
+DEV_CHAR_SKIPPED = ("nvidia-fs", "nvidia-nvswitch", "nvidia-nvlink")
+
+
 def missing_dev_char_links(dev: Path) -> list[str]:
     """The NVIDIA device files (/dev/nvidia*, /dev/nvidia-caps/*) that /dev/char has no
-    link to, as /dev/char/MAJOR:MINOR."""
+    link to, as /dev/char/MAJOR:MINOR, among those NVIDIA's fix links."""
     missing = []
     for node in sorted([*dev.glob("nvidia*"), *dev.glob("nvidia-caps/*")]):
+        if node.name.startswith(DEV_CHAR_SKIPPED):
+            continue
         try:
             info = node.stat()
         except OSError:
@@ -514,7 +521,7 @@ def check_in_container(doctor: Doctor) -> None:
         doctor.ok(f"{FRAMEWORK} sees the GPU")
     elif os.environ.get("NVIDIA_VISIBLE_DEVICES") and Path("/dev/nvidiactl").exists():
         smi = run(["nvidia-smi", "-L"]) if shutil.which("nvidia-smi") else None
-        if smi is not None and "Failed to initialize NVML" in smi.stdout + smi.stderr:
+        if smi is not None and "Failed to initialize NVML: Unknown Error" in smi.stdout + smi.stderr:
             doctor.fail(
                 "the container lost its GPUs (nvidia-smi: 'Failed to initialize NVML'): the host reloaded "
                 "systemd since it started, and /dev/char lacks links to the NVIDIA devices",
