@@ -263,6 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     process = join_the_job(args.cpu)
     try:
         train(args, process)
+        if process.backend:
+            # Every process leaves together: one that tears the group down while another
+            # still writes its checkpoint can abort at exit ("terminate called without an
+            # active exception", seen with gloo in torch 2.10).
+            dist.barrier()
     finally:
         if process.backend:
             dist.destroy_process_group()
