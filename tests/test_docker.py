@@ -457,6 +457,7 @@ def test_make_lock_adds_a_dependency(project, docker_env):
     name, old, new = INPUT_EDIT[project.manager]
     lock = project.path / template_rules.MANAGER_FILES[project.manager][1]
     before = lock.read_text()
+    pins_before = locked_pins(lock)
     (project.path / name).write_text((project.path / name).read_text().replace(old, new))
     compose = f"{project.docker} compose"
     old_layers = layers(project.image)
@@ -466,6 +467,10 @@ def test_make_lock_adds_a_dependency(project, docker_env):
     lock_seconds = time.monotonic() - start
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tqdm" in lock.read_text() and lock.read_text() != before
+    # Every pin kept: the relock adds tqdm and moves nothing else.
+    assert pins_before <= locked_pins(lock), sorted(pins_before - locked_pins(lock))
+    assert {name for name, _ in locked_pins(lock) - pins_before} == {"tqdm"}, sorted(locked_pins(lock) - pins_before)
+    assert "updated. Rebuild and start with: make up" in result.stdout + result.stderr
     start = time.monotonic()
     project.compose("up", "--build", "-d")
     rebuild_seconds = time.monotonic() - start
@@ -487,6 +492,84 @@ def test_make_lock_adds_a_dependency(project, docker_env):
         f"{project.name}: make lock {lock_seconds:.1f} s, rebuild after adding tqdm {rebuild_seconds:.1f} s, "
         f"{left_behind / 1e6:.2f} MB only in the old image"
     )
+
+
+def locked_pins(lock: Path) -> set[tuple[str, str]]:
+    """(name, version) of every package a lock pins: requirements.txt, uv.lock or
+    poetry.lock (which may pin a package twice, under different markers)."""
+    text = lock.read_text()
+    if lock.name == "requirements.txt":
+        found = re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", text, re.MULTILINE)
+    else:
+        found = re.findall(r'^\[\[package\]\]\nname = "([^"]+)"\nversion = "([^"]+)"', text, re.MULTILINE)
+    return {(re.sub(r"[-_.]+", "-", name).lower(), version) for name, version in found}
+
+
+def version_of(pins: set[tuple[str, str]], package: str) -> tuple[int, ...]:
+    [version] = {version for name, version in pins if name == package}
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
+def build_steps(output: str, source: str) -> tuple[bool, bool]:
+    """Of `docker compose --progress plain build` output: whether the step that installs
+    `source` (a layer file) ran, and whether BuildKit took it from its cache."""
+    [step] = set(re.findall(rf"^(#\d+) \[[^\]]*\] RUN .*{re.escape(source)}", output, re.MULTILINE))
+    return bool(re.search(rf"^{step} DONE", output, re.MULTILINE)), f"\n{step} CACHED" in output
+
+
+@pytest.mark.variants("default", "pip-cu128", "poetry")
+def test_a_small_dependency_of_the_framework_moves_without_reinstalling_the_framework(project, docker_env):
+    """filelock, which torch needs, moves down (a constraint in the input, `make lock`) and
+    back up (the constraint gone, the README's `make lock UPGRADE_PACKAGE=filelock`). Each
+    relock moves filelock's pin alone, and each rebuild installs it in the layer of the
+    framework's small dependencies: the framework's wheels (their layer) come from
+    BuildKit's cache, never installed again, and the old image keeps only a few MB."""
+    name, old, new = INPUT_EDIT[project.manager]
+    path = project.path / name
+    lock = project.path / template_rules.MANAGER_FILES[project.manager][1]
+    compose = f"{project.docker} compose"
+    original_input, original = path.read_text(), locked_pins(lock)
+    locked = ".".join(map(str, version_of(original, "filelock")))
+    readme = project.path / "README.md"
+    [upgrade] = [line.split("#")[0].strip() for line in readme_block(readme, "upgrade") if "UPGRADE_PACKAGE" in line]
+    steps = [
+        ("down", original_input.replace(old, new.replace("tqdm", f"filelock<{locked}"))),
+        ("up", original_input),
+    ]
+    for direction, text in steps:
+        path.write_text(text)
+        before = locked_pins(lock)
+        command = (
+            ["make", "lock", f"COMPOSE={compose}"] if direction == "down" else [*upgrade.split(), f"COMPOSE={compose}"]
+        )
+        result = run(command, cwd=project.path, env=project.env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        after = locked_pins(lock)
+        assert {name for name, _ in after ^ before} == {"filelock"}, sorted(after ^ before)
+        moved = version_of(after, "filelock")
+        assert (
+            moved < version_of(before, "filelock") if direction == "down" else moved >= version_of(original, "filelock")
+        )
+        run([docker_env.cli, "tag", project.image, f"{project.image}-before-bump"])
+        start = time.monotonic()
+        built = project.compose("--progress", "plain", "build", "lab")
+        seconds = time.monotonic() - start
+        output = built.stdout + built.stderr
+        try:
+            left_behind = unique_bytes(f"{project.image}-before-bump")
+        finally:
+            run([docker_env.cli, "image", "rm", f"{project.image}-before-bump"])
+        assert build_steps(output, "framework.txt") == (False, True), output[-4000:]  # cached, not installed
+        assert build_steps(output, "framework-deps.txt") == (True, False), output[-4000:]  # filelock's layer ran
+        assert left_behind < 200e6, left_behind
+        BENCHMARKS.append(
+            f"{project.name}: filelock {direction} to {'.'.join(map(str, moved))}: rebuild {seconds:.1f} s, "
+            f"{left_behind / 1e6:.1f} MB only in the old image"
+        )
+    project.compose("up", "-d")
+    wait_for_jupyter(project)
+    installed = project.exec("python", "-c", "from importlib.metadata import version; print(version('filelock'))")
+    assert {("filelock", installed.stdout.strip())} <= locked_pins(lock)
 
 
 TRAIN_DONE = re.compile(r"^train: done epochs=(\d+) loss_first=(\S+) loss_last=(\S+) resumed_from=(\d+)$", re.MULTILINE)
@@ -657,10 +740,12 @@ def test_make_up_returns_once_jupyter_answers_and_fails_with_its_log_when_it_can
 def test_torch_compile_works_and_its_cache_survives_down_and_up(project):
     """torch.compile on the CPU in the container (Inductor builds C++ with the image's
     compiler and Python headers), its result checked; its compiled code lands in the
-    project's cache/, so after `down` and `up` the same compile is served from there."""
+    project's cache/, so after `down` and `up` the same compile is served from there:
+    Inductor counts a cache hit and no miss, and loads the compiled files it wrote the
+    first time, unchanged. Timings are printed, not asserted."""
     cache = project.path / "cache" / "torchinductor"
     shutil.rmtree(cache, ignore_errors=True)
-    seconds = []
+    results, compiled = [], []
     for restart in (False, True):
         if restart:
             project.compose("down")
@@ -668,17 +753,23 @@ def test_torch_compile_works_and_its_cache_survives_down_and_up(project):
             wait_for_jupyter(project)
         result = json.loads(project.exec("python", "-c", COMPILE_ONCE).stdout.strip().splitlines()[-1])
         assert result["matches"], result
-        seconds.append(result["seconds"])
-        assert any(cache.rglob("*.so")), "no compiled code in cache/torchinductor"
+        results.append(result)
+        compiled.append({path: path.stat().st_mtime_ns for path in cache.rglob("*.so")})
+    first, second = results
+    assert compiled[0], "no compiled code in cache/torchinductor"
+    assert (first["hits"], first["misses"]) == (0, 1), first  # compiled, and written to cache/
+    assert (second["hits"], second["misses"]) == (1, 0), second  # loaded from cache/
+    assert compiled[1] == compiled[0]  # the same files: nothing compiled again
     assert (cache.stat().st_uid, cache.stat().st_gid) == (project.uid, project.gid)
-    assert seconds[1] < 0.6 * seconds[0], seconds
     BENCHMARKS.append(
-        f"{project.name}: torch.compile on the CPU {seconds[0]:.1f} s, after down/up from cache/ {seconds[1]:.1f} s"
+        f"{project.name}: torch.compile on the CPU {first['seconds']:.1f} s, "
+        f"after down/up from cache/ {second['seconds']:.1f} s"
     )
 
 
 COMPILE_ONCE = """
 import json, time, torch
+from torch._dynamo.utils import counters
 
 def function(x, y):
     return torch.nn.functional.gelu(x @ y) + torch.sin(x).sum(dim=1, keepdim=True)
@@ -687,7 +778,9 @@ x, y = torch.randn(64, 64), torch.randn(64, 64)
 start = time.perf_counter()
 result = torch.compile(function)(x, y)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "matches": bool(torch.allclose(result, function(x, y), atol=1e-5))}))
+print(json.dumps({"seconds": seconds, "matches": bool(torch.allclose(result, function(x, y), atol=1e-5)),
+                  "hits": counters["inductor"]["fxgraph_cache_hit"],
+                  "misses": counters["inductor"]["fxgraph_cache_miss"]}))
 """
 
 

@@ -1,8 +1,9 @@
 """docker/env_layers.py: the lock split into the image's environment layers, for every
 shipped lock. The layers are exactly the lock between them (each locked package once, at
-its locked version, with its hashes), the framework's closure is the lowest layer, and a
-package the project adds changes the last layer only, so the layers below stay cached.
-The Docker tier builds images from these files; here the split itself is checked."""
+its locked version, with its hashes); the framework's big wheels alone are the lowest
+layer, its small dependencies a later one, so a new version of one of those leaves the
+big wheels cached; a package the project adds changes the last layer only. The Docker
+tier builds images from these files; here the split itself is checked."""
 
 from __future__ import annotations
 
@@ -18,15 +19,24 @@ KEYS = sorted(path.name for path in template_rules.LOCKS_DIR.iterdir())
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", re.MULTILINE)
 
 
-def split(tmp_path, lock, *extra: str, framework="torch,torchvision") -> dict[str, str]:
+LAYERS = ("framework", "common", "framework-deps", "project")
+
+
+def split(tmp_path, lock, *extra: str, framework="pytorch") -> dict[str, str]:
+    """The layers as the Dockerfile asks for them (template_rules.env_layers)."""
     out = tmp_path / "layers"
+    cuda = template_rules.load_table()["defaults"]["cuda_version"][framework]
+    layers = template_rules.env_layers({"framework": framework, "cuda_version": cuda})
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(lock), str(out), *extra, f"framework={framework}",
-         "common=numpy,jupyterlab,ipykernel,ipywidgets,matplotlib", "project"],
+        [sys.executable, str(SCRIPT), str(lock), str(out), *extra, *layers, "project"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    return {name: (out / f"{name}.txt").read_text() for name in ("framework", "common", "project")}
+    return {name: (out / f"{name}.txt").read_text() for name in LAYERS}
+
+
+def names(text: str) -> set[str]:
+    return {name for name, _ in pins(text)}
 
 
 def pins(text: str) -> list[tuple[str, str]]:
@@ -49,9 +59,9 @@ def export(bake, key: str) -> str:
 
 
 @pytest.mark.parametrize("key", [key for key in KEYS if not key.endswith("-poetry")])
-def test_the_layers_hold_the_lock_exactly_once_with_the_framework_lowest(bake, tmp_path, key):
+def test_the_layers_hold_the_lock_exactly_once_with_the_big_wheels_lowest(bake, tmp_path, key):
     text = export(bake, key)
-    framework = "tensorflow" if key.startswith("tensorflow") else "torch,torchvision"
+    framework = key.split("-")[0]
     (tmp_path / "lock.txt").write_text(text)
     layers = split(tmp_path, tmp_path / "lock.txt", framework=framework)
     # Every locked package version exactly once, and nothing else.
@@ -61,10 +71,15 @@ def test_the_layers_hold_the_lock_exactly_once_with_the_framework_lowest(bake, t
         if PIN.match(block):
             hashes = re.findall(r"--hash=\S+", block)
             assert all(h in "".join(layers.values()) for h in hashes)
-    framework_names = {name for name, _ in pins(layers["framework"])}
+    # The lowest layer: the framework and its CUDA libraries (and Triton), nothing small.
+    roots = set(template_rules.load_table()["frameworks"][framework]["packages"])
+    big = {"torch", "torchvision", "triton"} if framework == "pytorch" else {"tensorflow"}
     cuda_libraries = {name for name, _ in pins(text) if name.startswith("nvidia-")}
-    assert framework_names >= {*framework.replace(",", " ").split(), *cuda_libraries}
-    assert "jupyterlab" in {name for name, _ in pins(layers["common"])}
+    assert names(layers["framework"]) == (big & names(text)) | roots | cuda_libraries
+    # The framework's small dependencies in a layer of their own, above NumPy and Jupyter.
+    small = {"filelock", "sympy", "networkx", "fsspec"} if framework == "pytorch" else {"keras", "absl-py", "termcolor"}
+    assert small <= names(layers["framework-deps"])
+    assert {"numpy", "jupyterlab"} <= names(layers["common"])
     # A project as generated adds nothing of its own.
     assert pins(layers["project"]) == []
     # No comments: only the packages of a layer make its content.
@@ -89,8 +104,7 @@ def test_poetry_layers_hold_exactly_what_poetry_installs(bake, tmp_path, key):
     ).stdout  # fmt: skip
     (tmp_path / "installs.txt").write_text(dry_run)
     lock = baked.project_path / "poetry.lock"
-    layers = split(tmp_path, lock, "--poetry-installs", str(tmp_path / "installs.txt"),
-                   framework="tensorflow" if framework == "tensorflow" else "torch,torchvision")  # fmt: skip
+    layers = split(tmp_path, lock, "--poetry-installs", str(tmp_path / "installs.txt"), framework=framework)
     installs = re.findall(r"Installing (\S+) \(([^\s)]+)\)", dry_run)
     assert len(installs) > 100
     layered = pins("".join(layers.values()))
@@ -109,8 +123,22 @@ def test_a_package_the_project_adds_changes_the_last_layer_only(tmp_path):
     added += "    # via -r requirements.in\n"
     assert "#   tqdm" in added
     after = split(tmp_path / "b", _write(tmp_path / "b.txt", added))
-    assert after["framework"] == before["framework"] and after["common"] == before["common"]
+    assert [after[layer] == before[layer] for layer in LAYERS] == [True, True, True, False]
     assert pins(after["project"]) == [("tqdm", "4.67.1")]
+
+
+def test_a_new_version_of_a_small_dependency_of_the_framework_leaves_its_big_wheels_alone(tmp_path):
+    """filelock (torch needs it) moves: only the layer of the framework's small
+    dependencies changes; the big wheels' layer (5 GB) and Jupyter's keep their bytes."""
+    lock = (template_rules.LOCKS_DIR / "pytorch-cu130-py3.12-pip" / "requirements.txt").read_text()
+    version = re.search(r"^filelock==(\S+) ", lock, re.MULTILINE).group(1)
+    block = re.search(r"^filelock==.*?(?=^\S)", lock, re.MULTILINE | re.DOTALL).group(0)
+    bumped = lock.replace(block, "filelock==99.0 \\\n    --hash=sha256:" + "0" * 64 + "\n    # via torch\n")
+    before = split(tmp_path / "a", _write(tmp_path / "a.txt", lock))
+    after = split(tmp_path / "b", _write(tmp_path / "b.txt", bumped))
+    assert ("filelock", version) in pins(before["framework-deps"])
+    assert ("filelock", "99.0") in pins(after["framework-deps"])
+    assert [after[layer] == before[layer] for layer in LAYERS] == [True, True, False, True]
 
 
 def test_index_options_lead_every_layer(tmp_path):
@@ -127,8 +155,9 @@ def test_index_options_lead_every_layer(tmp_path):
         assert content.startswith(
             "--index-url https://pypi.org/simple\n--extra-index-url https://download.pytorch.org/whl/cu126\n"
         )
-    assert pins(layers["framework"]) == [("filelock", "3.20.0"), ("torch", "2.14.1+cu126")]
+    assert pins(layers["framework"]) == [("torch", "2.14.1+cu126")]
     assert pins(layers["common"]) == [("numpy", "2.3.4")]
+    assert pins(layers["framework-deps"]) == [("filelock", "3.20.0")]
     assert layers["framework"].endswith("--hash=sha256:aa\n")  # the last hash ends the line
 
 
@@ -142,9 +171,34 @@ def test_a_call_without_layers_prints_its_usage(tmp_path):
 def test_the_layer_roots_come_from_the_table(framework):
     table = template_rules.load_table()
     cuda = table["defaults"]["cuda_version"][framework]
-    layers = dict(template_rules.env_layers({"framework": framework, "cuda_version": cuda}))
-    assert layers["framework"] == list(table["frameworks"][framework]["packages"])
-    assert layers["common"] == ["numpy", "jupyterlab", "ipykernel", "ipywidgets", "matplotlib"]
+    layers = template_rules.env_layers({"framework": framework, "cuda_version": cuda})
+    roots = ",".join(table["frameworks"][framework]["packages"])
+    heavy = ",".join(table["frameworks"][framework]["heavy_dependencies"])
+    assert layers == [
+        f"framework={roots}:{heavy}",
+        "common=numpy,jupyterlab,ipykernel,ipywidgets,matplotlib",
+        f"framework-deps={roots}",
+    ]
+
+
+def test_a_layer_keeps_only_the_dependencies_its_globs_name(tmp_path):
+    """KEEP filters what a layer takes of its roots' closure; the walk still goes through
+    the others (torch -> cuda-toolkit -> nvidia-*)."""
+    text = (
+        "torch==2.14.1 \\\n    --hash=sha256:aa\n    # via -r requirements.in\n"
+        "cuda-toolkit==13.0.2 \\\n    --hash=sha256:bb\n    # via torch\n"
+        "nvidia-cublas==13.1.0 \\\n    --hash=sha256:cc\n    # via cuda-toolkit\n"
+        "nvidia-ml-py==13.580.0 \\\n    --hash=sha256:dd\n    # via -r requirements.in\n"
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(_write(tmp_path / "lock.txt", text)), str(out), "big=torch:nvidia-*",
+         "small=torch", "rest"], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert names((out / "big.txt").read_text()) == {"torch", "nvidia-cublas"}
+    assert names((out / "small.txt").read_text()) == {"cuda-toolkit"}
+    assert names((out / "rest.txt").read_text()) == {"nvidia-ml-py"}  # added by the project, not torch's
 
 
 def _write(path, text: str):

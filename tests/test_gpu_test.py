@@ -162,21 +162,25 @@ def project_gpu_test(tmp_path: Path) -> Path:
     return path
 
 
-def test_torch_compile_is_checked_and_its_cache_makes_the_second_run_faster(tmp_path, torch_python):
+def test_torch_compile_is_checked_and_the_second_run_loads_it_from_the_cache(tmp_path, torch_python):
     """The real torch.compile on the CPU (Inductor compiles C++ with the host's g++), the
-    result checked against eager mode; the second run is served from the cache folder."""
+    result checked against eager mode; the second run, a new process, is served from the
+    cache folder (Inductor's own hit counter), its compiled files reused unchanged. The
+    timings are printed, not asserted: on a shared machine they say little."""
     script = project_gpu_test(tmp_path)
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "CUDA_VISIBLE_DEVICES": ""}
-    checks = []
+    checks, compiled = [], []
     for _ in range(2):
         result = subprocess.run([torch_python, str(script), "--quick", "--json"], capture_output=True, text=True,
                                 env=env, timeout=600, check=False)  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         checks.append(json.loads(result.stdout)["compile_cpu"])
+        compiled.append({path: path.stat().st_mtime_ns for path in (tmp_path / "inductor").rglob("*.so")})
     first, second = checks
     assert first["ok"] and second["ok"], checks
-    assert any((tmp_path / "inductor").rglob("*.so")), "no compiled kernel in the cache folder"
-    assert second["seconds"] < first["seconds"] / 2, checks
+    assert compiled[0], "no compiled kernel in the cache folder"
+    assert (first["from_cache"], second["from_cache"]) == (False, True), checks
+    assert compiled[1] == compiled[0]  # the same files, not compiled again
     BENCHMARKS.append(
         f"gpu_test torch.compile check, CPU: {first['seconds']:.1f} s cold, {second['seconds']:.1f} s cached"
     )

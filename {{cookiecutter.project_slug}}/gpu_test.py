@@ -327,30 +327,44 @@ def torch_report(args: argparse.Namespace) -> dict:
 
 def compile_check(torch, device: str) -> dict:
     """torch.compile of a small function on `device`, its result checked against the same
-    function run eagerly: {"ok", "seconds" (compiling and the first call), "error",
+    function run eagerly: {"ok", "seconds" (compiling and the first call), "from_cache"
+    (Inductor served the compiled code from its cache: no compiling), "error",
     "skipped" (why it was not run: null here)}.
     Inductor compiles C++ for the CPU and Triton kernels for a GPU (Triton builds a C
     helper the first time): it needs the compiler and Python's headers the image holds.
     Compiled code is cached (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR: cache/), so a
-    second run takes a fraction of the first one's time."""
+    second run, in a new process or container, loads it instead of compiling again."""
 
     def function(x, y):
         return torch.nn.functional.gelu(x @ y) + torch.sin(x).sum(dim=1, keepdim=True)
 
     x = torch.randn(64, 64, device=device)
     y = torch.randn(64, 64, device=device)
+    hits, misses = inductor_cache_counts()
     start = time.perf_counter()
     try:
         result = torch.compile(function)(x, y)
         if device != "cpu":
             torch.cuda.synchronize()
     except Exception as error:  # noqa: BLE001 - any failure is the report's answer
-        return {"ok": False, "seconds": None, "error": first_line(error), "skipped": None}
+        return {"ok": False, "seconds": None, "from_cache": None, "error": first_line(error), "skipped": None}
     seconds = time.perf_counter() - start
+    now_hits, now_misses = inductor_cache_counts()
+    from_cache = now_hits > hits and now_misses == misses
     if not torch.allclose(result, function(x, y), rtol=1e-4, atol=1e-4):
         error = "the compiled function's result differs from eager mode"
-        return {"ok": False, "seconds": seconds, "error": error, "skipped": None}
-    return {"ok": True, "seconds": seconds, "error": None, "skipped": None}
+        return {"ok": False, "seconds": seconds, "from_cache": from_cache, "error": error, "skipped": None}
+    return {"ok": True, "seconds": seconds, "from_cache": from_cache, "error": None, "skipped": None}
+
+
+def inductor_cache_counts() -> tuple[int, int]:
+    """Inductor's FX-graph cache hits and misses so far in this process (torch counts
+    them in torch._dynamo.utils.counters; zeros where a torch has no such counters)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0, 0
+    return counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
 
 
 def first_line(error: BaseException, limit: int = 240) -> str:
@@ -657,7 +671,8 @@ def print_table(report: dict) -> None:
         if check.get("skipped"):
             shown = f"not checked: {check['skipped']}"
         elif check["ok"]:
-            shown = f"OK, result checked ({check['seconds']:.1f} s to compile and run; cached in cache/)"
+            where = "loaded from cache/" if check.get("from_cache") else "to compile and run; cached in cache/"
+            shown = f"OK, result checked ({check['seconds']:.1f} s {where})"
         else:
             shown = f"FAILED: {check['error']}"
         row(f"torch.compile, {device.upper()}", shown)

@@ -181,15 +181,21 @@ def requirements(answers: dict, table: dict | None = None) -> list[str]:
     return [*pinned, f"numpy{build['numpy']}", *table["common_requirements"]]
 
 
-def env_layers(answers: dict, table: dict | None = None) -> list[tuple[str, list[str]]]:
-    """The image's environment layers below the project's own packages, lowest first,
-    each named with the packages whose dependency closure it holds (docker/env_layers.py):
-    the framework, which changes least and weighs most, then NumPy and the tools every
-    project installs. What a project adds goes in a last layer of its own."""
+def env_layers(answers: dict, table: dict | None = None) -> list[str]:
+    """The image's environment layers below the project's own packages, lowest first, as
+    docker/env_layers.py takes them (NAME=ROOTS[:KEEP]), by weight and rate of change: the
+    framework's big wheels alone, which change least and weigh most; NumPy and the tools
+    every project installs; then the framework's small dependencies, which move often
+    and reinstall in seconds. What a project adds goes in a last layer of its own."""
     table = table or load_table()
-    build = build_spec(table, answers["framework"], answers["cuda_version"])
+    framework = table["frameworks"][answers["framework"]]
+    roots = ",".join(build_spec(table, answers["framework"], answers["cuda_version"])["packages"])
     common = [re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0] for requirement in table["common_requirements"]]
-    return [("framework", list(build["packages"])), ("common", ["numpy", *common])]
+    return [
+        f"framework={roots}:{','.join(framework['heavy_dependencies'])}",
+        f"common={','.join(['numpy', *common])}",
+        f"framework-deps={roots}",
+    ]
 
 
 def shipped_lock(key: str, manager: str) -> Path:

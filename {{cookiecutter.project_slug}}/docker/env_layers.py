@@ -1,18 +1,20 @@
 """Splits the lock into the image's environment layers. The Dockerfile runs it.
 
-    python3 docker/env_layers.py LOCK OUTDIR [--poetry-installs FILE] NAME=ROOTS... REST
+    python3 docker/env_layers.py LOCK OUTDIR [--poetry-installs FILE] NAME=ROOTS[:KEEP]... REST
 
 LOCK is hash-pinned requirements text (requirements.txt, or `uv export` of uv.lock) or
 poetry.lock; for poetry.lock, FILE holds the output of `poetry sync --dry-run` into an
 empty environment. For each NAME=ROOT,ROOT..., in order, OUTDIR/NAME.txt gets the locked
-packages the roots need that no earlier layer holds; OUTDIR/REST.txt gets all others.
-Each file is hash-pinned requirements with the lock's index options and markers, and no
-comments, so it changes only when its own packages do.
+packages the roots need that no earlier layer holds; with :KEEP,KEEP... (names or globs
+such as nvidia-*) only the roots and those of their dependencies that KEEP names.
+OUTDIR/REST.txt gets all others. Each file is hash-pinned requirements with the lock's
+index options and markers, and no comments, so it changes only when its own packages do.
 
-Why: the image installs each file in a layer of its own, and BuildKit keys a layer by the
-content of what it installs. Adding a small dependency changes the last file only: the
-framework (about 5 GB) and Jupyter stay cached, and the rebuild installs the new package.
-Together the layers are exactly the lock, package for package.
+Why: the image installs each file in a layer of its own (without dependencies: the
+layers together are exactly the lock, package for package), and BuildKit keys a layer by
+the content of what it installs. The lowest layer holds the framework's big binary
+wheels alone (about 5 GB): a new release of one of its small dependencies (filelock,
+sympy, jinja2) changes a later, cheap layer, and adding a package changes the last one.
 
 Standard library only; poetry.lock is read with tomllib (tomli, which poetry's own
 environment has, before Python 3.11).
@@ -20,6 +22,7 @@ environment has, before Python 3.11).
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import sys
 from pathlib import Path
@@ -46,7 +49,9 @@ class Lock:
     def depends(self, parent: str, child: str) -> None:
         self.needs.setdefault(canonical(parent), set()).add(canonical(child))
 
-    def closure(self, roots: list[str]) -> set[str]:
+    def closure(self, roots: list[str], keep: list[str] | None = None) -> set[str]:
+        """The roots and every locked package they need; with `keep`, only the roots and
+        the needed packages whose names match one of its globs (all are walked through)."""
         seen: set[str] = set()
         todo = [canonical(root) for root in roots]
         while todo:
@@ -55,7 +60,10 @@ class Lock:
                 continue
             seen.add(name)
             todo.extend(self.needs.get(name, ()))
-        return seen
+        if keep is None:
+            return seen
+        roots = {canonical(root) for root in roots}
+        return {name for name in seen if name in roots or any(fnmatch.fnmatchcase(name, canonical(k)) for k in keep)}
 
 
 def read_requirements(text: str) -> Lock:
@@ -131,12 +139,23 @@ def read_poetry(text: str, installs: dict[str, str]) -> Lock:
     return lock
 
 
-def split(lock: Lock, layers: list[tuple[str, list[str]]]) -> dict[str, list[str]]:
-    """Each layer's package names: its roots' closure less the earlier layers'."""
+Layer = tuple[str, list[str], "list[str] | None"]  # name, roots, globs of what to keep
+
+
+def parse_layer(arg: str) -> Layer:
+    """NAME=ROOT,ROOT...[:KEEP,KEEP...]"""
+    name, spec = arg.split("=", 1)
+    roots, colon, keep = spec.partition(":")
+    return name, [r for r in roots.split(",") if r], [k for k in keep.split(",") if k] if colon else None
+
+
+def split(lock: Lock, layers: list[Layer]) -> dict[str, list[str]]:
+    """Each layer's package names: its roots' closure (what it keeps of it) less the
+    earlier layers'."""
     taken: set[str] = set()
     result = {}
-    for layer, roots in layers:
-        names = sorted(lock.closure(roots) - taken)
+    for layer, roots, keep in layers:
+        names = sorted(lock.closure(roots, keep) - taken)
         taken.update(names)
         result[layer] = names
     return result
@@ -158,7 +177,7 @@ def main(argv: list[str]) -> int:
     lock_path, out = Path(argv[0]), Path(argv[1])
     text = lock_path.read_text(encoding="utf-8")
     lock = read_poetry(text, installs or {}) if installs is not None else read_requirements(text)
-    layers = [(arg.split("=", 1)[0], [r for r in arg.split("=", 1)[1].split(",") if r]) for arg in argv[2:-1]]
+    layers = [parse_layer(arg) for arg in argv[2:-1]]
     names = split(lock, layers)
     names[argv[-1]] = sorted(set(lock.blocks) - {n for layer in names.values() for n in layer})
     out.mkdir(parents=True, exist_ok=True)
