@@ -1,7 +1,10 @@
 """Measures what users wait for: cold build, image size, `up` until Jupyter answers, and
-rebuilds after a change to src/ and after adding one dependency (`make lock`, then the
-rebuild), against the floor: one layer FROM the old image installing the same package,
-what any rebuild must at least cost. Also: `make lock` + rebuild + `up` until Jupyter
+rebuilds after a change to src/, after adding one dependency (`make lock`, then the
+rebuild) and after a new version of a small dependency of the framework ("bump":
+filelock held below its pin, then `make lock UPGRADE_PACKAGE=filelock`, each followed
+by the rebuild), against the floor: one layer FROM the old image installing one small
+package, what any rebuild must at least cost. For the bump, whether the framework's
+layer came from the cache (1) or was installed again (0). Also: `make lock` + rebuild + `up` until Jupyter
 answers again, what the rebuild leaves behind (bytes only the old image holds), and a
 teammate's build (another uid) with the bytes only it holds. And what a new container
 costs before any work: the framework's import (`import torch`) in a fresh container, the
@@ -38,7 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from cookiecutter.main import cookiecutter
-from engine import unique_bytes
+from engine import build_steps, unique_bytes
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> float:
@@ -216,6 +219,41 @@ def floor(docker: str, image: str, project: Path, env: dict, env_file: dict) -> 
     return seconds
 
 
+def bump(compose: list[str], project: Path, env: dict, manager: str, floor_seconds: float) -> dict:
+    """filelock (torch needs it; TensorFlow's lock may not have it) held below its pin by
+    the input, relocked and rebuilt; then the input as it was and `make lock
+    UPGRADE_PACKAGE=filelock`'s command, timed with the rebuild that follows."""
+    name, old, new = ADD_TQDM[manager]
+    path = project / name
+    text = path.read_text()
+    lock = next(project / n for n in ("uv.lock", "requirements.txt", "poetry.lock") if (project / n).is_file())
+    match = re.search(r'name = "filelock"\nversion = "([^"]+)"|^filelock==([\w.]+)', lock.read_text(), re.MULTILINE)
+    if not match:
+        return {}
+    version = match.group(1) or match.group(2)
+    path.write_text(text.replace(old, new.replace("tqdm", f"filelock<{version}")))
+    sh([*compose, "run", "--rm", "lock"], project, env)
+    sh([*compose, "build"], project, env)
+    path.write_text(text)
+    figures = {
+        "make lock UPGRADE_PACKAGE=filelock": sh(
+            [*compose, "run", "--rm", "lock", "with-build-ca", "docker/lock", "--upgrade-package", "filelock"],
+            project,
+            env,
+        )
+    }
+    start = time.monotonic()
+    result = subprocess.run(
+        [*compose, "--progress", "plain", "build"], cwd=project, env=env, capture_output=True, text=True, check=False
+    )
+    figures["rebuild after upgrading filelock"] = time.monotonic() - start
+    if result.returncode != 0:
+        sys.exit(f"the rebuild after upgrading filelock failed:\n{result.stderr[-3000:]}")
+    figures["bump rebuild / floor"] = figures["rebuild after upgrading filelock"] / floor_seconds
+    figures["framework layer cached (1 = yes)"] = float(build_steps(result.stdout + result.stderr, "framework.txt")[1])
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="empty the BuildKit cache first")
@@ -285,6 +323,7 @@ def main() -> int:
                 figures["rebuild after adding tqdm"] / figures["floor: tqdm into the built image"]
             )
             teammate = {**env, "USER_UID": "4321", "USER_GID": "4321", "IMAGE_NAME": TEAMMATE}
+            figures.update(bump(compose, project, env, manager, figures["floor: tqdm into the built image"]))
             figures["teammate's build, uid 4321"] = sh([*compose, "build"], project, teammate)
             figures["only in the teammate's image (MB)"] = unique_bytes(TEAMMATE) / 1e6
         finally:
@@ -297,7 +336,7 @@ def main() -> int:
                 check=False,
             )
     for name, value in figures.items():
-        unit = "" if "(" in name else ("x" if name == "rebuild / floor" else " s")
+        unit = "" if "(" in name else ("x" if name.endswith("/ floor") else " s")
         print(f"{name:<36} {value:8.2f}{unit}")
     print(json.dumps({"answers": answers, **figures}))
     return 0

@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -221,6 +222,23 @@ class DockerEnv:
     cli: str
     base_image: str
     ca_bundle: str | None
+
+
+def locked_pins(lock: Path) -> set[tuple[str, str]]:
+    """(name, version) of every package a lock pins: requirements.txt, uv.lock or
+    poetry.lock (which may pin a package twice, under different markers)."""
+    text = lock.read_text()
+    if lock.name == "requirements.txt":
+        found = re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", text, re.MULTILINE)
+    else:
+        found = re.findall(r'^\[\[package\]\]\nname = "([^"]+)"\nversion = "([^"]+)"', text, re.MULTILINE)
+    return {(re.sub(r"[-_.]+", "-", name).lower(), version) for name, version in found}
+
+
+def locked_version(pins: set[tuple[str, str]], package: str) -> tuple[int, ...]:
+    """The one version `pins` holds of `package`, as numbers to compare."""
+    [version] = {version for name, version in pins if name == package}
+    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 def docker_required() -> bool:

@@ -1,11 +1,13 @@
 """The Docker Engine's own API, for figures the CLI prints only rounded: the bytes of an
-image that no other image shares. Used by the Docker tier and benchmarks/docker_build.py."""
+image that no other image shares; and what a build's plain progress output says of one
+step. Used by the Docker tier and benchmarks/docker_build.py."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import re
 import socket
 
 
@@ -48,3 +50,10 @@ def unique_bytes(image: str) -> int:
 def layers(image: str) -> list[str]:
     """The image's layers (diff ids), lowest first."""
     return get(f"/images/{image}/json")["RootFS"]["Layers"]
+
+
+def build_steps(output: str, source: str) -> tuple[bool, bool]:
+    """Of `docker compose --progress plain build` output: whether the step that installs
+    `source` (a layer file) ran, and whether BuildKit took it from its cache."""
+    [step] = set(re.findall(rf"^(#\d+) \[[^\]]*\] RUN .*{re.escape(source)}", output, re.MULTILINE))
+    return bool(re.search(rf"^{step} DONE", output, re.MULTILINE)), f"\n{step} CACHED" in output

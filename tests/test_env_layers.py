@@ -19,7 +19,7 @@ KEYS = sorted(path.name for path in template_rules.LOCKS_DIR.iterdir())
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", re.MULTILINE)
 
 
-LAYERS = ("framework", "common", "framework-deps", "project")
+LAYERS = ("framework", "common", "framework-large-deps", "framework-deps", "project")
 
 
 def split(tmp_path, lock, *extra: str, framework="pytorch") -> dict[str, str]:
@@ -76,8 +76,10 @@ def test_the_layers_hold_the_lock_exactly_once_with_the_big_wheels_lowest(bake, 
     big = {"torch", "torchvision", "triton"} if framework == "pytorch" else {"tensorflow"}
     cuda_libraries = {name for name, _ in pins(text) if name.startswith("nvidia-")}
     assert names(layers["framework"]) == (big & names(text)) | roots | cuda_libraries
-    # The framework's small dependencies in a layer of their own, above NumPy and Jupyter.
-    small = {"filelock", "sympy", "networkx", "fsspec"} if framework == "pytorch" else {"keras", "absl-py", "termcolor"}
+    # The framework's large dependencies, then its small ones, above NumPy and Jupyter.
+    large = {"sympy", "networkx"} if framework == "pytorch" else {"libclang", "h5py"}
+    small = {"filelock", "fsspec"} if framework == "pytorch" else {"keras", "absl-py", "termcolor"}
+    assert names(layers["framework-large-deps"]) == large | ({"mpmath"} if framework == "pytorch" else set())
     assert small <= names(layers["framework-deps"])
     assert {"numpy", "jupyterlab"} <= names(layers["common"])
     # A project as generated adds nothing of its own.
@@ -123,13 +125,14 @@ def test_a_package_the_project_adds_changes_the_last_layer_only(tmp_path):
     added += "    # via -r requirements.in\n"
     assert "#   tqdm" in added
     after = split(tmp_path / "b", _write(tmp_path / "b.txt", added))
-    assert [after[layer] == before[layer] for layer in LAYERS] == [True, True, True, False]
+    assert [after[layer] == before[layer] for layer in LAYERS] == [True, True, True, True, False]
     assert pins(after["project"]) == [("tqdm", "4.67.1")]
 
 
 def test_a_new_version_of_a_small_dependency_of_the_framework_leaves_its_big_wheels_alone(tmp_path):
     """filelock (torch needs it) moves: only the layer of the framework's small
-    dependencies changes; the big wheels' layer (5 GB) and Jupyter's keep their bytes."""
+    dependencies changes; the big wheels' layer (5 GB), Jupyter's and sympy's keep their
+    bytes."""
     lock = (template_rules.LOCKS_DIR / "pytorch-cu130-py3.12-pip" / "requirements.txt").read_text()
     version = re.search(r"^filelock==(\S+) ", lock, re.MULTILINE).group(1)
     block = re.search(r"^filelock==.*?(?=^\S)", lock, re.MULTILINE | re.DOTALL).group(0)
@@ -138,7 +141,7 @@ def test_a_new_version_of_a_small_dependency_of_the_framework_leaves_its_big_whe
     after = split(tmp_path / "b", _write(tmp_path / "b.txt", bumped))
     assert ("filelock", version) in pins(before["framework-deps"])
     assert ("filelock", "99.0") in pins(after["framework-deps"])
-    assert [after[layer] == before[layer] for layer in LAYERS] == [True, True, False, True]
+    assert [after[layer] == before[layer] for layer in LAYERS] == [True, True, True, False, True]
 
 
 def test_index_options_lead_every_layer(tmp_path):
@@ -174,9 +177,11 @@ def test_the_layer_roots_come_from_the_table(framework):
     layers = template_rules.env_layers({"framework": framework, "cuda_version": cuda})
     roots = ",".join(table["frameworks"][framework]["packages"])
     heavy = ",".join(table["frameworks"][framework]["heavy_dependencies"])
+    large = ",".join(table["frameworks"][framework]["large_dependencies"])
     assert layers == [
         f"framework={roots}:{heavy}",
         "common=numpy,jupyterlab,ipykernel,ipywidgets,matplotlib",
+        f"framework-large-deps={roots}:{large}",
         f"framework-deps={roots}",
     ]
 

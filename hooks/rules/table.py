@@ -185,8 +185,9 @@ def env_layers(answers: dict, table: dict | None = None) -> list[str]:
     """The image's environment layers below the project's own packages, lowest first, as
     docker/env_layers.py takes them (NAME=ROOTS[:KEEP]), by weight and rate of change: the
     framework's big wheels alone, which change least and weigh most; NumPy and the tools
-    every project installs; then the framework's small dependencies, which move often
-    and reinstall in seconds. What a project adds goes in a last layer of its own."""
+    every project installs; the framework's large dependencies that release rarely; then
+    its small ones, which move often and reinstall in seconds. What a project adds goes
+    in a last layer of its own."""
     table = table or load_table()
     framework = table["frameworks"][answers["framework"]]
     roots = ",".join(build_spec(table, answers["framework"], answers["cuda_version"])["packages"])
@@ -194,6 +195,7 @@ def env_layers(answers: dict, table: dict | None = None) -> list[str]:
     return [
         f"framework={roots}:{','.join(framework['heavy_dependencies'])}",
         f"common={','.join(['numpy', *common])}",
+        f"framework-large-deps={roots}:{','.join(framework['large_dependencies'])}",
         f"framework-deps={roots}",
     ]
 
