@@ -22,6 +22,19 @@ def names(pins: set[tuple[str, str]]) -> set[str]:
     return {name for name, _ in pins}
 
 
+def hold_filelock_down(project, manager: str):
+    """The input asks for a filelock below the locked one; relocked. Returns the input's
+    path and its text as it was, the lock's path and its pins as they were."""
+    name, old, new = INPUT_EDIT[manager]
+    path, lock = project / name, project / template_rules.MANAGER_FILES[manager][1]
+    original_input, original = path.read_text(), locked_pins(lock)
+    [version] = {v for n, v in original if n == "filelock"}
+    path.write_text(original_input.replace(old, new.replace("tqdm", f"filelock<{version}")))
+    result = relock(project)
+    assert result.returncode == 0, result.stderr
+    return path, original_input, lock, original
+
+
 @pytest.mark.network
 @pytest.mark.parametrize("manager", ["uv", "pip"])
 def test_a_relock_keeps_every_pin_and_an_upgrade_moves_only_the_package_named(bake, manager):
@@ -29,14 +42,7 @@ def test_a_relock_keeps_every_pin_and_an_upgrade_moves_only_the_package_named(ba
     input is as it was: the plain relock keeps the older pin (it still fits), and
     UPGRADE_PACKAGE=filelock moves it, and nothing else, back up."""
     project = bake(dependency_manager=manager).project_path
-    name, old, new = INPUT_EDIT[manager]
-    path, lock = project / name, project / template_rules.MANAGER_FILES[manager][1]
-    original_input, original = path.read_text(), locked_pins(lock)
-    [version] = {v for n, v in original if n == "filelock"}
-
-    path.write_text(original_input.replace(old, new.replace("tqdm", f"filelock<{version}")))
-    result = relock(project)
-    assert result.returncode == 0, result.stderr
+    path, original_input, lock, original = hold_filelock_down(project, manager)
     held = locked_pins(lock)
     assert names(held ^ original) == {"filelock"}
     assert locked_version(held, "filelock") < locked_version(original, "filelock")
@@ -60,12 +66,7 @@ def test_upgrade_moves_everything_to_the_newest_allowed(bake, manager):
     """UPGRADE=1 resolves afresh: filelock, held back by a relock that kept its old pin,
     goes to the newest version, as a new lock would have it."""
     project = bake(dependency_manager=manager).project_path
-    name, old, new = INPUT_EDIT[manager]
-    path, lock = project / name, project / template_rules.MANAGER_FILES[manager][1]
-    original_input, original = path.read_text(), locked_pins(lock)
-    [version] = {v for n, v in original if n == "filelock"}
-    path.write_text(original_input.replace(old, new.replace("tqdm", f"filelock<{version}")))
-    assert relock(project).returncode == 0
+    path, original_input, lock, original = hold_filelock_down(project, manager)
     path.write_text(original_input)
     result = relock(project, "--upgrade")
     assert result.returncode == 0, result.stderr
