@@ -1,14 +1,15 @@
 """Measures what users wait for: cold build, image size, `up` until Jupyter answers, and
 rebuilds after a change to src/, after adding one dependency (`make lock`, then the
 rebuild) and after a new version of a small dependency of the framework ("bump":
-filelock held below its pin, then `make lock UPGRADE_PACKAGE=filelock`, each followed
-by the rebuild), against the floor: one layer FROM the old image installing one small
-package, what any rebuild must at least cost. For the bump, whether the framework's
-layer came from the cache (1) or was installed again (0). Also: `make lock` + rebuild + `up` until Jupyter
-answers again, what the rebuild leaves behind (bytes only the old image holds), and a
-teammate's build (another uid) with the bytes only it holds. And what a new container
-costs before any work: the framework's import (`import torch`) in a fresh container, the
-bytecode the image holds, and the size of the compilers' layer. Prints figures only.
+filelock or termcolor held below its pin, then `make lock UPGRADE_PACKAGE=<it>`, each
+followed by the rebuild), against the floor: one layer FROM the old image installing
+one small package, what any rebuild must at least cost. For the bump, whether the
+framework's layer came from the cache (1) or was installed again (0). Also: `make lock`
++ rebuild + `up` until Jupyter answers again, what the rebuild leaves behind (bytes only
+the old image holds), and a teammate's build (another uid) with the bytes only it
+holds. And what a new container costs before any work: the framework's import (`import
+torch`) in a fresh container, the bytecode the image holds, and the size of the
+compilers' layer. Prints figures only.
 
     python benchmarks/docker_build.py [--cold] [--base-image local/debian:trixie]
         [--ca-bundle /etc/ssl/certs/ca-certificates.crt] [answer=value ...]
@@ -219,37 +220,38 @@ def floor(docker: str, image: str, project: Path, env: dict, env_file: dict) -> 
     return seconds
 
 
-def bump(compose: list[str], project: Path, env: dict, manager: str, floor_seconds: float) -> dict:
-    """filelock (torch needs it; TensorFlow's lock may not have it) held below its pin by
-    the input, relocked and rebuilt; then the input as it was and `make lock
-    UPGRADE_PACKAGE=filelock`'s command, timed with the rebuild that follows."""
-    name, old, new = ADD_TQDM[manager]
+# A small dependency of each framework, for the bump (a pure-Python package that releases
+# often: torch needs filelock, TensorFlow termcolor).
+SMALL_DEPENDENCY = {"pytorch": "filelock", "tensorflow": "termcolor"}
+
+
+def bump(compose: list[str], project: Path, env: dict, answers: dict, floor_seconds: float) -> dict:
+    """A small dependency of the framework held below its pin by the input, relocked and
+    rebuilt; then the input as it was and `make lock UPGRADE_PACKAGE=<it>`'s command,
+    timed with the rebuild that follows, and whether that rebuild took the framework's
+    layer from the cache."""
+    package = SMALL_DEPENDENCY[answers.get("framework", "pytorch")]
+    name, old, new = ADD_TQDM[answers.get("dependency_manager", "uv")]
     path = project / name
     text = path.read_text()
     lock = next(project / n for n in ("uv.lock", "requirements.txt", "poetry.lock") if (project / n).is_file())
-    match = re.search(r'name = "filelock"\nversion = "([^"]+)"|^filelock==([\w.]+)', lock.read_text(), re.MULTILINE)
-    if not match:
-        return {}
+    pattern = rf'name = "{package}"\nversion = "([^"]+)"|^{package}==([\w.]+)'
+    match = re.search(pattern, lock.read_text(), re.MULTILINE)
     version = match.group(1) or match.group(2)
-    path.write_text(text.replace(old, new.replace("tqdm", f"filelock<{version}")))
+    path.write_text(text.replace(old, new.replace("tqdm", f"{package}<{version}")))
     sh([*compose, "run", "--rm", "lock"], project, env)
     sh([*compose, "build"], project, env)
     path.write_text(text)
-    figures = {
-        "make lock UPGRADE_PACKAGE=filelock": sh(
-            [*compose, "run", "--rm", "lock", "with-build-ca", "docker/lock", "--upgrade-package", "filelock"],
-            project,
-            env,
-        )
-    }
+    upgrade = [*compose, "run", "--rm", "lock", "with-build-ca", "docker/lock", "--upgrade-package", package]
+    figures = {f"make lock UPGRADE_PACKAGE={package}": sh(upgrade, project, env)}
     start = time.monotonic()
     result = subprocess.run(
         [*compose, "--progress", "plain", "build"], cwd=project, env=env, capture_output=True, text=True, check=False
     )
-    figures["rebuild after upgrading filelock"] = time.monotonic() - start
+    figures[f"rebuild after upgrading {package}"] = time.monotonic() - start
     if result.returncode != 0:
-        sys.exit(f"the rebuild after upgrading filelock failed:\n{result.stderr[-3000:]}")
-    figures["bump rebuild / floor"] = figures["rebuild after upgrading filelock"] / floor_seconds
+        sys.exit(f"the rebuild after upgrading {package} failed:\n{result.stderr[-3000:]}")
+    figures["bump rebuild / floor"] = figures[f"rebuild after upgrading {package}"] / floor_seconds
     figures["framework layer cached (1 = yes)"] = float(build_steps(result.stdout + result.stderr, "framework.txt")[1])
     return figures
 
@@ -323,7 +325,7 @@ def main() -> int:
                 figures["rebuild after adding tqdm"] / figures["floor: tqdm into the built image"]
             )
             teammate = {**env, "USER_UID": "4321", "USER_GID": "4321", "IMAGE_NAME": TEAMMATE}
-            figures.update(bump(compose, project, env, manager, figures["floor: tqdm into the built image"]))
+            figures.update(bump(compose, project, env, answers, figures["floor: tqdm into the built image"]))
             figures["teammate's build, uid 4321"] = sh([*compose, "build"], project, teammate)
             figures["only in the teammate's image (MB)"] = unique_bytes(TEAMMATE) / 1e6
         finally:
