@@ -14,7 +14,7 @@ Why: the image installs each file in a layer of its own (without dependencies: t
 layers together are exactly the lock, package for package), and BuildKit keys a layer by
 the content of what it installs. The lowest layer holds the framework's big binary
 wheels alone (about 5 GB): a new release of one of its small dependencies (filelock,
-sympy, jinja2) changes a later, cheap layer, and adding a package changes the last one.
+fsspec) changes a later, cheap layer, and adding a package changes the last one.
 
 Standard library only; poetry.lock is read with tomllib (tomli, which poetry's own
 environment has, before Python 3.11).
