@@ -464,13 +464,21 @@ def test_generation_works_offline_from_a_relative_path(tmp_path, manager, cuda):
 
 @pytest.mark.parametrize("manager", MANAGERS)
 def test_the_environment_layers_come_before_any_uid(bake, manager):
-    """Every step that installs the environment precedes the uid's ARG, so its cache keys
-    hold no uid: a teammate's build reuses them all. The layers are installed from the
-    lock's parts in order: framework, common, then the project's own."""
+    """Every step that installs the environment precedes the uid's ARG in the dev stage,
+    so its cache keys hold no uid: a teammate's build reuses them all. The user is made in
+    a stage of its own beside them, and the dev stage copies its files last. The layers
+    are installed from the lock's parts in order: framework, common, then the project's own."""
     dockerfile = (bake(dependency_manager=manager).project_path / "Dockerfile").read_text()
-    user = dockerfile.index("ARG USER_UID")
+    user_stage, dev = dockerfile.index("FROM compilers AS user"), dockerfile.index("FROM compilers AS dev")
+    user = dockerfile.index("ARG USER_UID", dev)
     steps = [dockerfile.index(f"/tmp/layers/{part}.txt") for part in ("framework", "common")]
     last = dockerfile.index("uv sync" if manager == "uv" else "install-layer /tmp/layers/project.txt")
-    assert steps[0] < steps[1] < last < user
-    assert "USER_UID" not in dockerfile[:user] and "chown" not in dockerfile
+    assert user_stage < dev < steps[0] < steps[1] < last < user
+    assert "USER_UID" not in dockerfile[:user_stage] + dockerfile[dev:user]
+    assert 'RUN create-user "${USER_UID}" "${USER_GID}"' in dockerfile[user_stage:dev]
+    # The uid reaches the dev stage's files only in the copies of the user's own folders.
+    assert [line for line in dockerfile.splitlines() if "chown" in line] == [
+        "COPY --from=user --chown=${USER_UID}:${USER_GID} /home/dev /home/dev",
+        "COPY --from=user --chown=${USER_UID}:${USER_GID} /workspace /workspace",
+    ]
     assert "\nUSER ${USER_UID}\n" in dockerfile
