@@ -8,8 +8,11 @@ tier builds images from these files; here the split itself is checked."""
 from __future__ import annotations
 
 import re
+import runpy
 import subprocess
 import sys
+import tomllib
+from types import SimpleNamespace
 
 import pytest
 from conftest import TEMPLATE, template_rules, tool
@@ -89,31 +92,85 @@ def test_the_layers_hold_the_lock_exactly_once_with_the_big_wheels_lowest(bake, 
     assert "#" not in "".join(layers.values())
 
 
-@pytest.mark.parametrize("key", [key for key in KEYS if key.endswith("py3.10-poetry")])
-def test_poetry_layers_hold_exactly_what_poetry_installs(bake, tmp_path, key):
-    """poetry.lock locks some nvidia-* libraries twice under overlapping markers: the
-    layers take poetry's own choice for this Python (a dry run into an empty environment,
-    as the image build does; this machine's Python 3.11 is in the 3.10 locks' range)."""
-    framework, cuda, python, manager = re.match(r"(\w+)-cu(\d+)-py([\d.]+)-(\w+)", key).groups()
-    baked = bake(framework=framework, cuda_version=f"{cuda[:-1]}.{cuda[-1]}", python_version=python,
-                 dependency_manager=manager)  # fmt: skip
+def poetry_dry_run(project, tmp_path) -> list[tuple[str, str]]:
+    """What `poetry sync` installs here: a dry run into an empty environment, the locked
+    packages re-resolved for it (poetry's own choice where the lock has two versions)."""
     empty = tmp_path / "empty"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(empty)], check=True)
     env = {"PATH": "/usr/bin:/bin", "VIRTUAL_ENV": str(empty), "POETRY_VIRTUALENVS_CREATE": "false",
            "POETRY_INSTALLER_RE_RESOLVE": "true", "HOME": str(tmp_path)}  # fmt: skip
     dry_run = subprocess.run(
         [tool("poetry"), "sync", "--no-root", "--dry-run", "--no-interaction", "--no-ansi"],
-        cwd=baked.project_path, env=env, capture_output=True, text=True, check=True,
+        cwd=project, env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    (tmp_path / "installs.txt").write_text(dry_run)
-    lock = baked.project_path / "poetry.lock"
-    layers = split(tmp_path, lock, "--poetry-installs", str(tmp_path / "installs.txt"), framework=framework)
-    installs = re.findall(r"Installing (\S+) \(([^\s)]+)\)", dry_run)
+    return sorted(
+        (re.sub(r"[-_.]+", "-", n).lower(), v) for n, v in re.findall(r"Installing (\S+) \(([^\s)]+)\)", dry_run)
+    )
+
+
+def split_poetry(tmp_path, project, framework) -> tuple[dict[str, str], str]:
+    out = tmp_path / "layers"
+    cuda = template_rules.load_table()["defaults"]["cuda_version"][framework]
+    layers = template_rules.env_layers({"framework": framework, "cuda_version": cuda})
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(project / "poetry.lock"), str(out), *layers, "project"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return {name: (out / f"{name}.txt").read_text() for name in LAYERS}, result.stdout
+
+
+@pytest.mark.parametrize("key", [key for key in KEYS if key.endswith("py3.10-poetry")])
+def test_poetry_layers_hold_exactly_what_poetry_installs(bake, tmp_path, key):
+    """The versions poetry installs for this Python when it re-resolves the lock, as the
+    image has it do, decided from the lock itself without starting poetry (a second of
+    each rebuild after a lock change): CUDA 13's lock holds some nvidia-* libraries twice
+    under overlapping markers (one pinned by cuda-toolkit's extra, one that cudnn's "*"
+    would take), CUDA 12.8's lock two cuda-pathfinder versions by Python. This machine's
+    Python 3.11 is in the 3.10 locks' range."""
+    framework, cuda, python, manager = re.match(r"(\w+)-cu(\d+)-py([\d.]+)-(\w+)", key).groups()
+    baked = bake(framework=framework, cuda_version=f"{cuda[:-1]}.{cuda[-1]}", python_version=python,
+                 dependency_manager=manager)  # fmt: skip
+    layers, said = split_poetry(tmp_path, baked.project_path, framework)
+    assert "the newest locked that fit every constraint here" in said
+    installs = poetry_dry_run(baked.project_path, tmp_path)
     assert len(installs) > 100
     layered = pins("".join(layers.values()))
-    assert sorted(layered) == sorted((re.sub(r"[-_.]+", "-", n).lower(), v) for n, v in installs)
+    assert sorted(layered) == installs
     assert len({name for name, _ in layered}) == len(layered)  # one version of each
     assert layers["framework"].startswith("--index-url https://pypi.org/simple\n")
+    if key.startswith("pytorch-cu130"):
+        lock = (baked.project_path / "poetry.lock").read_text()
+        doubles = re.findall(r'^name = "(nvidia-[\w-]+)"', lock, re.MULTILINE)
+        assert len(doubles) > len(set(doubles))  # the case this test is about is in the lock
+
+
+def test_where_the_lock_does_not_settle_a_version_poetry_chooses(bake, tmp_path):
+    """A dependency in a form the reader does not follow (a URL): no choice of its own,
+    and poetry's dry run, the way out then, gives poetry's versions."""
+    env_layers = SimpleNamespace(**runpy.run_path(str(SCRIPT)))  # no bytecode written into the template
+    baked = bake(framework="pytorch", cuda_version="13.0", python_version="3.10", dependency_manager="poetry")
+    packages = tomllib.loads((baked.project_path / "poetry.lock").read_text())["package"]
+    assert env_layers.poetry_choice(baked.project_path, packages) is not None
+    toolkit = next(package for package in packages if package["name"] == "cuda-toolkit")
+    toolkit["dependencies"]["nvidia-cublas"] = {"url": "https://example.org/nvidia_cublas.whl", "optional": True}
+    assert env_layers.poetry_choice(baked.project_path, packages) is None
+    chosen = env_layers.poetry_dry_run(baked.project_path)
+    assert sorted(chosen.items()) == poetry_dry_run(baked.project_path, tmp_path)
+
+
+def test_a_stale_poetry_lock_stops_the_split(bake, tmp_path):
+    """A dependency added to pyproject.toml without `make lock`: no layers (the
+    Dockerfile then lets docker/lock say what to run)."""
+    baked = bake(framework="pytorch", cuda_version="13.0", python_version="3.10", dependency_manager="poetry")
+    pyproject = baked.project_path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('    "numpy>=1.26",\n', '    "numpy>=1.26",\n    "tqdm",\n', 1))
+    out = tmp_path / "layers"
+    result = subprocess.run([sys.executable, str(SCRIPT), str(baked.project_path / "poetry.lock"), str(out),
+                             "framework=torch", "project"], capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 3
+    assert "poetry.lock is stale" in result.stderr
+    assert not out.exists()
 
 
 def test_a_package_the_project_adds_changes_the_last_layer_only(tmp_path):

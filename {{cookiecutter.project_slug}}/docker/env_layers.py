@@ -1,10 +1,10 @@
 """Splits the lock into the image's environment layers. The Dockerfile runs it.
 
-    python3 docker/env_layers.py LOCK OUTDIR [--poetry-installs FILE] NAME=ROOTS[:KEEP]... REST
+    python3 docker/env_layers.py LOCK OUTDIR NAME=ROOTS[:KEEP]... REST
 
 LOCK is hash-pinned requirements text (requirements.txt, or `uv export` of uv.lock) or
-poetry.lock; for poetry.lock, FILE holds the output of `poetry sync --dry-run` into an
-empty environment. For each NAME=ROOT,ROOT..., in order, OUTDIR/NAME.txt gets the locked
+poetry.lock (beside its pyproject.toml: the versions poetry installs on this machine;
+exit status 3 if the lock is stale). For each NAME=ROOT,ROOT..., in order, OUTDIR/NAME.txt gets the locked
 packages the roots need that no earlier layer holds; with :KEEP,KEEP... (names or globs
 such as nvidia-*) only the roots and those of their dependencies that KEEP names.
 OUTDIR/REST.txt gets all others. Each file is hash-pinned requirements with the lock's
@@ -16,16 +16,23 @@ the content of what it installs. The lowest layer holds the framework's big bina
 wheels alone (about 5 GB): a new release of one of its small dependencies (filelock,
 fsspec) changes a later, cheap layer, and adding a package changes the last one.
 
-Standard library only; poetry.lock is read with tomllib (tomli, which poetry's own
-environment has, before Python 3.11).
+Standard library only, except for poetry.lock: that is read in poetry's environment.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: poetry's environment has tomli
+    import tomli as tomllib
 
 PYPI = "https://pypi.org/simple"
 
@@ -106,23 +113,130 @@ def read_requirements(text: str) -> Lock:
     return lock
 
 
-def poetry_installs(text: str) -> dict[str, str]:
-    """What `poetry sync --dry-run` into an empty environment would install here."""
-    return {canonical(m[1]): m[2] for m in re.finditer(r"Installing (\S+) \(([^\s)]+)", text)}
+# poetry.lock is read in poetry's own environment (the Dockerfile runs this script with
+# its Python), with poetry's libraries: its content-hash, markers and constraints mean
+# what poetry says they mean.
 
 
-def read_poetry(text: str, installs: dict[str, str]) -> Lock:
-    """poetry.lock, narrowed to the versions poetry installs on this machine (the build
-    runs on the image's platform and Python): it can lock a package twice under
-    overlapping markers, and only poetry's own choice is the environment poetry accepts."""
+def poetry_fresh(project: Path) -> bool:
+    """poetry.lock was written for pyproject.toml as it is (its content-hash, the check
+    `poetry check --lock` makes), without starting poetry (a second)."""
+    from poetry.packages.locker import Locker
+
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    return Locker(project / "poetry.lock", pyproject).is_fresh()
+
+
+def poetry_choice(project: Path, packages: list[dict]) -> dict[str, str] | None:
+    """The version of each locked package that poetry installs on this machine (the build
+    runs on the image's platform and Python) when it re-resolves the lock, as the image
+    has it do (POETRY_INSTALLER_RE_RESOLVE): poetry.lock can lock a package twice under
+    overlapping markers (torch's nvidia-* libraries are), and its markers alone would
+    install both. Like poetry's resolver: the requirements of the groups sync installs,
+    followed through the lock with their markers and extras, and of each package the
+    newest locked version that fits every constraint on it and this Python. None where
+    that does not settle (some package has no such version): then poetry decides."""
+    from packaging.markers import default_environment
+    from poetry.core.constraints.version import Version, parse_constraint
+    from poetry.core.factory import Factory
+    from poetry.core.version.markers import parse_marker
+
+    environment = default_environment()
+    python = Version.parse(environment["python_full_version"])
+
+    def applies(marker: str | None, extras: frozenset[str] = frozenset()) -> bool:
+        return not marker or parse_marker(marker).validate({**environment, "extra": set(extras)})
+
+    locked: dict[str, list[dict]] = {}  # newest first
+    for package in packages:
+        if parse_constraint(package.get("python-versions", "*")).allows(python):
+            locked.setdefault(canonical(package["name"]), []).append(package)
+    for versions in locked.values():
+        versions.sort(key=lambda package: Version.parse(package["version"]), reverse=True)
+
+    root = Factory().create_poetry(project).package
+    wanted_by_project = [
+        (canonical(dependency.name), dependency.constraint, frozenset(dependency.extras))
+        for group in root.dependency_group_names()  # sync's default: the non-optional groups
+        for dependency in root.dependency_group(group).dependencies
+        if not dependency.is_optional() and dependency.marker.validate({**environment, "extra": set()})
+    ]
+
+    def requirements(package: dict, extras: frozenset[str]):
+        """What a locked package needs here, given the extras asked of it."""
+        in_extras = {
+            canonical(re.match(r"[A-Za-z0-9._-]+", line)[0])
+            for extra in extras
+            for line in package.get("extras", {}).get(extra, [])
+        }
+        for name, specs in package.get("dependencies", {}).items():
+            for spec in specs if isinstance(specs, list) else [specs]:
+                spec = {"version": spec} if isinstance(spec, str) else spec
+                if set(spec) - {"version", "markers", "extras", "optional"}:
+                    raise LookupError(f"{package['name']} needs {name} as {spec}")
+                if spec.get("optional") and canonical(name) not in in_extras:
+                    continue
+                if applies(spec.get("markers"), extras):
+                    yield canonical(name), parse_constraint(spec.get("version", "*")), frozenset(spec.get("extras", ()))
+
+    def fits(version: str, constraints: list) -> bool:
+        return all(constraint.allows(Version.parse(version)) for constraint in constraints)
+
+    def walk(chosen: dict[str, dict]) -> dict[str, tuple[list, set[str]]]:
+        """Each package the project needs here: the constraints on it, the extras asked."""
+        wants: dict[str, tuple[list, set[str]]] = {}
+        expanded: dict[str, frozenset[str]] = {}
+        todo: list[tuple[str, object, frozenset[str]]] = list(wanted_by_project)
+        while todo:
+            name, constraint, extras = todo.pop()
+            constraints, asked = wants.setdefault(name, ([], set()))
+            constraints.append(constraint)
+            asked.update(extras)
+            if name in chosen and expanded.get(name) != asked:
+                expanded[name] = frozenset(asked)
+                todo.extend(requirements(chosen[name], expanded[name]))
+        return wants
+
+    chosen: dict[str, dict] = {}
     try:
-        import tomllib
-    except ImportError:  # Python < 3.11: poetry's environment has tomli
-        import tomli as tomllib
+        for _ in range(len(packages) + 1):
+            wants = walk(chosen)
+            now = {}
+            for name, (constraints, _asked) in wants.items():
+                version = next((p for p in locked.get(name, []) if fits(p["version"], constraints)), None)
+                if version:
+                    now[name] = version
+            if now == chosen:
+                break
+            chosen = now
+        else:
+            return None  # no fixed point: poetry's backtracking would be needed
+    except LookupError:
+        return None  # a dependency written in a form this reader does not know
+    if set(wants) != set(chosen):
+        return None
+    return {name: package["version"] for name, package in chosen.items()}
 
+
+def poetry_dry_run(project: Path) -> dict[str, str]:
+    """poetry's resolver's own choice: `poetry sync --dry-run` into an empty environment,
+    with the locked packages re-resolved for it (nothing is downloaded; a few seconds)."""
+    with tempfile.TemporaryDirectory() as empty:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", empty], check=True)
+        env = {**os.environ, "VIRTUAL_ENV": empty, "POETRY_INSTALLER_RE_RESOLVE": "true"}
+        command = ["sync", "--directory", str(project), "--no-root", "--dry-run", "--no-interaction", "--no-ansi"]
+        result = subprocess.run([str(Path(sys.executable).with_name("poetry")), *command],
+                                env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    if result.returncode != 0:
+        sys.exit(f"poetry {' '.join(command)} failed:\n{result.stdout}{result.stderr}")
+    return {canonical(m[1]): m[2] for m in re.finditer(r"Installing (\S+) \(([^\s)]+)", result.stdout)}
+
+
+def read_poetry(packages: list[dict], installs: dict[str, str]) -> Lock:
+    """poetry.lock, narrowed to the versions poetry installs on this machine."""
     lock = Lock()
     sources: list[str] = []
-    for package in tomllib.loads(text)["package"]:
+    for package in packages:
         name, version = package["name"], package["version"]
         for child in package.get("dependencies", {}):
             lock.depends(name, child)
@@ -167,16 +281,25 @@ def render(lock: Lock, names: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    installs = None
-    if len(argv) > 3 and argv[2] == "--poetry-installs":
-        installs = poetry_installs(Path(argv[3]).read_text(encoding="utf-8"))
-        argv = argv[:2] + argv[4:]
     if len(argv) < 3 or not all("=" in arg for arg in argv[2:-1]) or "=" in argv[-1]:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     lock_path, out = Path(argv[0]), Path(argv[1])
     text = lock_path.read_text(encoding="utf-8")
-    lock = read_poetry(text, installs or {}) if installs is not None else read_requirements(text)
+    if lock_path.name == "poetry.lock":
+        if not poetry_fresh(lock_path.parent):
+            print("poetry.lock is stale: its content-hash is not pyproject.toml's.", file=sys.stderr)
+            return 3
+        packages = tomllib.loads(text)["package"]
+        installs = poetry_choice(lock_path.parent, packages)
+        if installs is None:
+            print("versions: the lock does not settle them here; poetry's resolver chooses")
+            installs = poetry_dry_run(lock_path.parent)
+        else:
+            print("versions: the newest locked that fit every constraint here")
+        lock = read_poetry(packages, installs)
+    else:
+        lock = read_requirements(text)
     layers = [parse_layer(arg) for arg in argv[2:-1]]
     names = split(lock, layers)
     names[argv[-1]] = sorted(set(lock.blocks) - {n for layer in names.values() for n in layer})
