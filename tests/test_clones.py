@@ -23,6 +23,7 @@ from test_bake import compose_config, env_values
 FAKE_DOCKER = """#!/bin/sh
 case "$*" in
   info) printf ' Server Version: 24.0.7\\n Runtimes: %s\\n' "${FAKE_RUNTIMES:-io.containerd.runc.v2 runc}" ;;
+  version) printf 'Server: Docker Engine - Community\\n Engine:\\n  Version: 24.0.7\\n' ;;
   "compose version --short") echo 2.29.1 ;;
   "ps -q") printf '%s\\n' "${FAKE_PS:-}" ;;
   inspect*) printf '%s\\n' "${FAKE_INSPECT:-[]}" ;;

@@ -178,7 +178,123 @@ def check_docker(doctor: Doctor) -> dict[str, str] | None:
     return info
 
 
-def check_gpu(doctor: Doctor, env: dict[str, str] | None, info: dict[str, str] | None) -> None:
+# Where a rootless engine takes the user's subordinate ids from, and the fix for each.
+ID_RANGES = {"/etc/subuid": "--add-subuids", "/etc/subgid": "--add-subgids"}
+# The NVIDIA Container Toolkit's settings, which rootless Docker needs changed.
+TOOLKIT_CONFIG = Path("/etc/nvidia-container-runtime/config.toml")
+
+
+def check_engine(doctor: Doctor, env: dict[str, str] | None) -> str | None:
+    """The engine mode (README "Docker without root"): what it means for your files, that
+    .env's ENGINE_MODE matches it, and what a rootless engine needs of the host."""
+    info = setup_env.docker_info_text()
+    detected = setup_env.detect_engine(info)
+    mode = (env or {}).get("ENGINE_MODE", "docker")
+    problem = setup_env.engine_mode_problem(env or {}, detected)
+    if problem:
+        doctor.fail(*problem)
+    elif detected is not None:
+        doctor.ok(f"engine mode {detected}: {setup_env.ENGINE_MODES[detected]}")
+    if detected not in ("rootless-docker", "podman"):
+        return detected or mode
+    check_id_ranges(doctor)
+    if not shutil.which("newuidmap") or not shutil.which("newgidmap"):
+        doctor.fail(
+            "newuidmap/newgidmap are missing: a rootless engine cannot map the container's ids",
+            "install them: sudo apt-get install uidmap (Debian, Ubuntu); sudo dnf install shadow-utils (RHEL family)",
+        )
+    if info is not None and re.search(r"^\s*Cgroup Version:\s*1\s*$", info, re.MULTILINE):
+        doctor.warn(
+            "cgroup v1 under a rootless engine: containers get no memory or CPU limits (shared memory still works)",
+            "boot the host with cgroup v2 (the default of current distributions: systemd.unified_cgroup_hierarchy=1)",
+        )
+    if detected == "podman":
+        check_podman_storage(doctor)
+    return detected
+
+
+def check_id_ranges(doctor: Doctor) -> None:
+    """The subordinate id ranges a rootless engine maps container ids other than root to."""
+    user = setup_env.user_name(str(os.getuid())) if hasattr(os, "getuid") else ""
+    for path, option in ID_RANGES.items():
+        try:
+            lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            lines = []
+        ranges = [line.split(":") for line in lines if line.count(":") == 2]
+        mine = [int(count) for owner, _, count in ranges if owner in (user, str(os.getuid())) and count.isdigit()]
+        if sum(mine) < 65536:
+            doctor.fail(
+                f"{path} gives {user or 'you'} {sum(mine)} subordinate ids, fewer than 65536: the engine cannot "
+                "map the image's users",
+                f"sudo usermod {option} 100000-165535 {user or '$USER'} (a range no other user has), then restart the engine",
+            )
+        else:
+            doctor.ok(f"{path} gives {user} {sum(mine)} subordinate ids")
+
+
+def check_podman_storage(doctor: Doctor) -> None:
+    info = run(["podman", "info", "--format", "json"]) if shutil.which("podman") else None
+    try:
+        driver = json.loads(info.stdout)["store"]["graphDriverName"] if info and info.returncode == 0 else None
+    except (ValueError, KeyError, TypeError):
+        driver = None
+    if driver == "vfs":
+        doctor.warn(
+            "Podman stores images with the vfs driver: each layer is a full copy (a 6 GB image takes tens of GB) and builds are slow",
+            'install fuse-overlayfs, put `[storage]` / `driver = "overlay"` in ~/.config/containers/storage.conf, '
+            "then `podman system reset` (it deletes your Podman images)",
+        )
+    elif driver:
+        doctor.ok(f"Podman stores images with the {driver} driver")
+
+
+def check_gpu_access(doctor: Doctor, env: dict[str, str], mode: str | None) -> bool:
+    """How a rootless engine reaches the GPUs: Podman through a CDI spec naming them,
+    rootless Docker through the toolkit with no-cgroups. False when that cannot work."""
+    if mode == "podman":
+        specs = setup_env.cdi_gpu_devices()
+        generate = "sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml (again after each driver update)"
+        if not specs:
+            doctor.fail(
+                f"no CDI spec in {' or '.join(setup_env.CDI_SPEC_DIRS)} names the GPUs: `up` would fail with "
+                f"'unresolvable CDI devices {setup_env.CDI_GPU_KIND}=...'",
+                f"{generate}; or run on the CPU: set COMPOSE_FILE=compose.yaml in .env",
+            )
+            return False
+        names = {name for found in specs.values() for name in found}
+        wanted = setup_env.parse_gpu_devices(env.get("GPU_DEVICES", "all")) or ["all"]
+        missing = [name for name in wanted if name not in names]
+        gpus = setup_env.host_gpus() or []
+        unknown = [gpu["uuid"] for gpu in gpus if gpu["uuid"] not in names]
+        if missing or unknown:
+            doctor.fail(
+                f"the CDI spec ({', '.join(specs)}) is stale: it lacks {', '.join(missing + unknown)}",
+                generate,
+            )
+            return False
+        doctor.ok(f"CDI spec {', '.join(specs)} names {', '.join(sorted(names))}")
+        return True
+    if mode == "rootless-docker":
+        try:
+            config = TOOLKIT_CONFIG.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            config = ""
+        if not re.search(r"^\s*no-cgroups\s*=\s*true", config, re.MULTILINE):
+            doctor.fail(
+                "rootless Docker reaches GPUs through the NVIDIA runtime only with its `no-cgroups = true` setting "
+                f"({TOOLKIT_CONFIG}), which a rootless engine needs because it cannot manage device cgroups",
+                "sudo nvidia-ctk config --set nvidia-container-cli.no-cgroups --in-place; then "
+                "nvidia-ctk runtime configure --runtime=docker --config=$HOME/.config/docker/daemon.json and restart "
+                "your engine (systemctl --user restart docker). Rootful Docker on this host then needs the GPUs "
+                "named per container: another reason to use one engine",
+            )
+            return False
+        doctor.ok(f"{TOOLKIT_CONFIG} has no-cgroups = true, as rootless Docker needs")
+    return True
+
+
+def check_gpu(doctor: Doctor, env: dict[str, str] | None, info: dict[str, str] | None, mode: str | None = None) -> None:
     compose_file = (env or {}).get("COMPOSE_FILE", "")
     if "compose.gpu.yaml" not in compose_file:
         if info is not None and "nvidia" in info.get("Runtimes", ""):
@@ -190,7 +306,9 @@ def check_gpu(doctor: Doctor, env: dict[str, str] | None, info: dict[str, str] |
             doctor.ok("GPU not requested (COMPOSE_FILE leaves out compose.gpu.yaml): the project runs on the CPU")
         return
     no_gpu_fix = "or run on the CPU: set COMPOSE_FILE=compose.yaml in .env"
-    if info is not None:
+    if mode in ("podman", "rootless-docker") and not check_gpu_access(doctor, env or {}, mode):
+        return
+    if info is not None and mode != "podman":
         if "nvidia" not in info.get("Runtimes", ""):
             doctor.fail(
                 "Docker has no NVIDIA runtime: `up` would fail with 'could not select device driver \"nvidia\"'",
@@ -557,9 +675,10 @@ def main(argv: list[str] | None = None) -> int:
         env = read_env(doctor)
         check_env(doctor, env)
         info = check_docker(doctor)
+        mode = check_engine(doctor, env)
         if info is not None:
             check_base_image(doctor, env)
-        check_gpu(doctor, env, info)
+        check_gpu(doctor, env, info, mode)
         check_port(doctor, env)
         check_user_dirs(doctor, env)
         check_line_endings(doctor)

@@ -28,6 +28,11 @@ if token_file and not os.environ.get("JUPYTER_TOKEN"):
 c.ServerApp.ip = "0.0.0.0"
 c.ServerApp.open_browser = False
 c.ServerApp.root_dir = "/workspace"
+# Jupyter refuses to run as root, rightly so on rootful Docker, where the container's root
+# is the host's. On rootless Docker the container runs as its root (compose.yaml: user),
+# which that engine maps to the host user, with no more rights than theirs: allowed there
+# only (ENGINE_MODE from .env).
+c.ServerApp.allow_root = os.environ.get("ENGINE_MODE") == "rootless-docker"
 
 # Where compose publishes the port on the host (JUPYTER_BIND_ADDRESS in .env; compose
 # accepts IP addresses only, so the fallback never serves).

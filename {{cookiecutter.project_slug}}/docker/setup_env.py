@@ -7,7 +7,8 @@ fresh clone needs no hand-written .env.
     python3 docker/setup_env.py --preflight  # the same, then refuse what would fail in Docker:
                                              # an invalid GPU_DEVICES, a port someone else holds
 
-An existing value in .env is never changed. Each clone gets its own compose project and
+An existing value in .env is never changed, except CONTAINER_USER and USERNS_MODE, which
+follow ENGINE_MODE (README "Docker without root"). Each clone gets its own compose project and
 image (COMPOSE_PROJECT_NAME, IMAGE_NAME: the project, the user and a hash of the
 clone's folder), so teammates on one server never stop, replace or delete each other's
 containers and images. Standard library only (Python 3.8+), like docker/doctor.py.
@@ -210,16 +211,169 @@ def free_port(wanted: int) -> int:
     return wanted
 
 
-def nvidia_runtime() -> bool | None:
-    """Whether Docker has the NVIDIA runtime (None: no engine answered)."""
+def docker_info_text() -> str | None:
+    """`docker info` as text (the same on every engine version), None where no engine
+    answered. Local, but a wedged engine (or a remote DOCKER_HOST) must not stall a make
+    target: ten seconds at most."""
     if not shutil.which("docker"):
         return None
-    # Local, but a wedged engine (or a remote DOCKER_HOST) must not stall generation.
     info = run(["docker", "info"], timeout=10)
-    if info is None or info.returncode != 0:
+    return info.stdout if info is not None and info.returncode == 0 else None
+
+
+def nvidia_runtime(info: str | None) -> bool | None:
+    """Whether Docker has the NVIDIA runtime (None: no engine answered)."""
+    if info is None:
         return None
-    runtimes = [line for line in info.stdout.splitlines() if line.strip().startswith("Runtimes:")]
+    runtimes = [line for line in info.splitlines() if line.strip().startswith("Runtimes:")]
     return any("nvidia" in line for line in runtimes)
+
+
+# ---------------------------------------------------------------------------------------
+# The engine, and how it maps the container's user to you
+# ---------------------------------------------------------------------------------------
+
+# ENGINE_MODE in .env: what each engine makes of the container's users, and so which
+# user the container runs as to write your files (README "Docker without root").
+ENGINE_MODES = {
+    "docker": "rootful Docker: the container user has your uid/gid, so its files are yours",
+    "rootless-docker": (
+        "rootless Docker: the container runs as its root, which this engine maps to you (and gives no "
+        "more rights than you have), so its files are yours"
+    ),
+    "podman": "rootless Podman: keep-id maps the container user's uid/gid to yours, so its files are yours",
+}
+
+
+def detect_engine(info: str | None) -> str | None:
+    """The ENGINE_MODE of the engine `docker` reaches (`docker info` text), else of the
+    user's Podman; None where none answered. A rootless engine lists "rootless" among
+    its security options; Podman's Docker-compatible API names itself in `docker version`."""
+    if info is not None:
+        version = run(["docker", "version"], timeout=10)
+        if version is not None and "Podman Engine" in version.stdout:
+            return "podman"
+        return "rootless-docker" if re.search(r"^\s*(name=)?rootless\s*$", info, re.MULTILINE) else "docker"
+    if shutil.which("podman"):
+        info = run(["podman", "info", "--format", "json"], timeout=10)
+        try:
+            rootless = (
+                json.loads(info.stdout)["host"]["security"]["rootless"] if info and info.returncode == 0 else None
+            )
+        except (ValueError, KeyError, TypeError):
+            rootless = None
+        if rootless is not None:
+            # Rootful Podman maps ids as rootful Docker does.
+            return "podman" if rootless else "docker"
+    return None
+
+
+# Where CDI specs live (`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`).
+CDI_SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")
+CDI_GPU_KIND = "nvidia.com/gpu"
+
+
+def cdi_gpu_devices() -> dict[str, list[str]]:
+    """The NVIDIA GPU devices the CDI specs here name, by spec file: {path: [names]}.
+    Specs are YAML (nvidia-ctk's) or JSON; read without a YAML library: a device's
+    `name:` is the only key at the device list's own indentation."""
+    found = {}
+    for folder in CDI_SPEC_DIRS:
+        for spec in sorted(Path(folder).glob("*")):
+            if spec.suffix not in (".yaml", ".yml", ".json") or not spec.is_file():
+                continue
+            try:
+                text = spec.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            if spec.suffix == ".json":
+                try:
+                    data = json.loads(text)
+                except ValueError:
+                    continue
+                kind = data.get("kind") if isinstance(data, dict) else None
+                names = (
+                    [str(device.get("name")) for device in data.get("devices") or []] if kind == CDI_GPU_KIND else []
+                )
+            else:
+                kind = re.search(r"^kind:\s*[\"']?([^\"'\s]+)", text, re.MULTILINE)
+                names = re.findall(r"^(?:- |  )name:\s*[\"']?([^\"'\n]+?)[\"']?\s*$", text, re.MULTILINE)
+                names = names if kind and kind.group(1) == CDI_GPU_KIND else []
+            if names:
+                found[str(spec)] = names
+    return found
+
+
+def container_user(env: dict[str, str]) -> dict[str, str]:
+    """CONTAINER_USER and USERNS_MODE (compose.yaml's `user` and `userns_mode`) as
+    ENGINE_MODE implies them: on rootless Docker the container's root, the only container
+    id that is you on the host; on Podman your ids, which keep-id maps to yours."""
+    uid, gid = env.get("USER_UID", "1000"), env.get("USER_GID", "1000")
+    mode = env.get("ENGINE_MODE", "docker")
+    return {
+        "CONTAINER_USER": "0:0" if mode == "rootless-docker" else f"{uid}:{gid}",
+        "USERNS_MODE": f"keep-id:uid={uid},gid={gid}" if mode == "podman" else "",
+    }
+
+
+def engine_mode_problem(env: dict[str, str], detected: str | None) -> tuple[str, str] | None:
+    """Why ENGINE_MODE in .env is wrong here, and the fix; None when it is right (or no
+    engine answered to tell)."""
+    mode = env.get("ENGINE_MODE", "docker")
+    if mode not in ENGINE_MODES:
+        return f"ENGINE_MODE={mode!r} in .env is not one of {', '.join(ENGINE_MODES)}", (
+            f"set ENGINE_MODE={detected or 'docker'} in .env, then `make up`"
+        )
+    if detected is not None and detected != mode:
+        engine = ENGINE_MODES[detected].split(":")[0]
+        return (
+            f"ENGINE_MODE={mode} in .env, but the engine here is {engine}: files the container writes would not be yours",
+            f"set ENGINE_MODE={detected} in .env, then `make up`",
+        )
+    return None
+
+
+def podman_problem(env: dict[str, str]) -> tuple[str, str] | None:
+    """Why `make up` stops on Podman, and what to do instead: Docker Compose through
+    Podman's socket starts a BuildKit container pulled from Docker Hub to build (no
+    registry: no image) and drops CDI devices (podman issue 28436). Refused here, before
+    Compose fails with a registry error."""
+    if env.get("ENGINE_MODE") != "podman":
+        return None
+    why = (
+        "`make up` does not run on Podman yet: Docker Compose through Podman's socket cannot build the image "
+        "without a registry, and drops CDI GPUs"
+    )
+    return (
+        why,
+        "use rootless Docker (README: Docker without root); .env is ready for Podman for when it does",
+    )
+
+
+def sync_container_user(quiet: bool = False) -> None:
+    """Rewrite CONTAINER_USER and USERNS_MODE in .env where they differ from what
+    ENGINE_MODE and the ids imply (each make target; `docker compose` reads them)."""
+    env = read_env()
+    if env.get("ENGINE_MODE", "docker") not in ENGINE_MODES:
+        return
+    wanted = container_user(env)
+    changed = {key: value for key, value in wanted.items() if env.get(key) != value}
+    if not changed:
+        return
+    lines = []
+    for line in read_text(ENV).splitlines():
+        key = line.partition("=")[0].strip()
+        is_setting = "=" in line and not line.lstrip().startswith("#")
+        lines.append(f"{key}={wanted[key]}" if is_setting and key in changed else line)
+    lines += [f"{key}={value}" for key, value in changed.items() if key not in env]
+    write_private(ENV, "\n".join(lines) + "\n")
+    if not quiet:
+        shown = ", ".join(f"{key}={value or '(empty)'}" for key, value in changed.items())
+        print(f".env: {shown}, as ENGINE_MODE={env.get('ENGINE_MODE', 'docker')} needs")
+
+
+def has_driver() -> bool:
+    return bool(shutil.which("nvidia-smi")) and (run(["nvidia-smi", "-L"], timeout=10) or FAILED).returncode == 0
 
 
 def fresh_values(example: dict[str, str], overrides: dict[str, str]) -> tuple[dict[str, str], list[str]]:
@@ -231,10 +385,25 @@ def fresh_values(example: dict[str, str], overrides: dict[str, str]) -> tuple[di
     port = int(overrides["JUPYTER_HOST_PORT"]) if "JUPYTER_HOST_PORT" in overrides else free_port(wanted)
     if port != wanted:
         notes.append(f"port {wanted} is taken here, so Jupyter gets {port}")
-    runtime = nvidia_runtime()
-    if runtime is None:
+    info = docker_info_text()
+    mode = overrides.get("ENGINE_MODE") or detect_engine(info) or "docker"
+    if mode != "docker":
+        notes.append(ENGINE_MODES[mode])
+    # Podman takes GPUs through CDI (compose.gpu.yaml then names CDI devices), not a runtime.
+    runtime = (bool(cdi_gpu_devices()) or None) if mode == "podman" else nvidia_runtime(info)
+    if runtime is None and mode == "podman":
+        runtime = has_driver()
+        notes.append(
+            "Podman: no CDI spec names the GPUs yet, "
+            + (
+                "so the GPU file is used (an NVIDIA driver is here; `make doctor` names the step)"
+                if runtime
+                else "CPU settings"
+            )
+        )
+    elif runtime is None:
         # No engine to ask (not started yet, or docker needs sudo here): the driver decides.
-        runtime = bool(shutil.which("nvidia-smi")) and (run(["nvidia-smi", "-L"], timeout=10) or FAILED).returncode == 0
+        runtime = has_driver()
         notes.append(
             "no Docker engine answered: "
             + ("an NVIDIA driver is here, so the GPU file is used" if runtime else "CPU settings")
@@ -252,8 +421,10 @@ def fresh_values(example: dict[str, str], overrides: dict[str, str]) -> tuple[di
         "COMPOSE_FILE": GPU_COMPOSE_FILE if runtime else CPU_COMPOSE_FILE,
         "COMPOSE_PROJECT_NAME": name,
         "IMAGE_NAME": f"{name}:dev",
+        "ENGINE_MODE": mode,
     }
     values.update(overrides)
+    values.update(container_user(values))
     return values, notes
 
 
@@ -297,7 +468,8 @@ def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> 
             lines.append(f"{key}={values[key]}" if fresh else line)
         write_private(ENV, "\n".join(lines) + "\n")
         if not quiet:
-            shown = ("COMPOSE_PROJECT_NAME", "IMAGE_NAME", "USER_UID", "USER_GID", "JUPYTER_HOST_PORT", "COMPOSE_FILE")
+            shown = ("COMPOSE_PROJECT_NAME", "IMAGE_NAME", "USER_UID", "USER_GID", "JUPYTER_HOST_PORT", "COMPOSE_FILE",
+                     "ENGINE_MODE")  # fmt: skip
             print(".env written for this clone (edit it to change; it is never overwritten):")
             for key in shown:
                 print(f"  {key}={values[key]}")
@@ -405,14 +577,41 @@ def gpu_devices_problem(env: dict[str, str]) -> str | None:
     return None
 
 
+GPU_FILE_HEADER = """# Written by docker/setup_env.py from GPU_DEVICES and ENGINE_MODE in .env (every `make`
+# target that starts Docker rewrites it; edit .env, not this file). The GPUs, merged
+# over compose.yaml when COMPOSE_FILE lists it.
+"""
+ULIMITS = """    # The limits NVIDIA sets for its own containers (--ulimit memlock=-1 --ulimit
+    # stack=67108864): NCCL over InfiniBand pins memory for transfers, which the default
+    # memlock limit (8 MB) stops, and the container, holding no capabilities, cannot
+    # raise a limit itself.
+    ulimits:
+      memlock: -1
+      stack: 67108864
+"""
+ROOTLESS_LIMITS = """    # No ulimits here: a rootless engine cannot raise a limit above your own, and the
+    # container would not start. For NCCL over InfiniBand, raise your memlock limit on the
+    # host (/etc/security/limits.conf: `you - memlock unlimited`), then log in again.
+"""
+
+
 def gpu_file_text(env: dict[str, str]) -> str:
     ids = parse_gpu_devices(env.get("GPU_DEVICES", "all")) or []
+    mode = env.get("ENGINE_MODE", "docker")
+    limits = ULIMITS if mode == "docker" else ROOTLESS_LIMITS
+    if mode == "podman":
+        devices = "".join(f"      - {CDI_GPU_KIND}={gpu_id}\n" for gpu_id in ids or ["all"])
+        return f"""{GPU_FILE_HEADER}# Podman takes GPUs through CDI: each device below is one the host's spec names
+# (`sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`; `nvidia-ctk cdi list`),
+# with the device files, libraries and variables the spec adds. Without a spec, `up`
+# fails with: unresolvable CDI devices {CDI_GPU_KIND}=...
+services:
+  lab:
+    devices:
+{devices}{limits}"""
     select = f"device_ids: {json.dumps(ids)}" if ids else "count: all"
-    return f"""# Written by docker/setup_env.py from GPU_DEVICES in .env (every `make` target that starts
-# Docker rewrites it; edit .env, not this file). The GPU reservation, merged over
-# compose.yaml when COMPOSE_FILE lists it. Needs the NVIDIA driver and the NVIDIA
-# Container Toolkit on the host; `docker compose up` otherwise fails with:
-# could not select device driver "nvidia" with capabilities: [[gpu]]
+    return f"""{GPU_FILE_HEADER}# Needs the NVIDIA driver and the NVIDIA Container Toolkit on the host; `docker compose
+# up` otherwise fails with: could not select device driver "nvidia" with capabilities: [[gpu]]
 services:
   lab:
     deploy:
@@ -422,14 +621,7 @@ services:
             - driver: nvidia
               {select}
               capabilities: [gpu]
-    # The limits NVIDIA sets for its own containers (--ulimit memlock=-1 --ulimit
-    # stack=67108864): NCCL over InfiniBand pins memory for transfers, which the default
-    # memlock limit (8 MB) stops, and the container, holding no capabilities, cannot
-    # raise a limit itself.
-    ulimits:
-      memlock: -1
-      stack: 67108864
-"""
+{limits}"""
 
 
 def write_gpu_file(env: dict[str, str]) -> None:
@@ -505,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         ensure_env(quiet=args.quiet)
+        sync_container_user(quiet=args.quiet)
         env = {**read_env(), **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
     except EnvError as error:
         # Nothing is written from a file this script cannot read; as with GPU_DEVICES
@@ -520,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     problems = [problem] if problem else []
     if args.preflight:
-        problems += [found for found in (port_problem(env),) if found]
+        engine = engine_mode_problem(env, detect_engine(docker_info_text())) or podman_problem(env)
+        problems += [found for found in (port_problem(env), engine and ": ".join(engine)) if found]
     for found in problems:
         print(f"ERROR: {found}", file=sys.stderr)
     return 1 if problems else 0
