@@ -1,14 +1,21 @@
 """The Docker Engine's own API, for figures the CLI prints only rounded: the bytes of an
-image that no other image shares; and what a build's plain progress output says of one
-step. Used by the Docker tier and benchmarks/docker_build.py."""
+image that no other image shares; what a build's plain progress output says of one
+step; and a rootless engine started for an ordinary user. Used by the Docker tier and
+benchmarks/docker_build.py."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import pwd
 import re
+import shutil
+import signal
 import socket
+import subprocess
+import time
+from pathlib import Path
 
 
 class EngineConnection(http.client.HTTPConnection):
@@ -57,3 +64,110 @@ def build_steps(output: str, source: str) -> tuple[bool, bool]:
     `source` (a layer file) ran, and whether BuildKit took it from its cache."""
     [step] = set(re.findall(rf"^(#\d+) \[[^\]]*\] RUN .*{re.escape(source)}", output, re.MULTILINE))
     return bool(re.search(rf"^{step} DONE", output, re.MULTILINE)), f"\n{step} CACHED" in output
+
+
+# ---------------------------------------------------------------------------------------
+# A rootless Docker engine for an ordinary user (the rootless tier, the benchmark)
+# ---------------------------------------------------------------------------------------
+
+ROOTLESS_SCRIPT = ("dockerd-rootless.sh", "/usr/share/docker.io/contrib/dockerd-rootless.sh")
+
+
+def rootless_script() -> str | None:
+    """Docker's dockerd-rootless.sh: on PATH, or where Debian's docker.io ships it."""
+
+    for candidate in ROOTLESS_SCRIPT:
+        found = shutil.which(candidate) or (candidate if os.access(candidate, os.X_OK) else None)
+        if found:
+            return found
+    return None
+
+
+def rootless_missing() -> str | None:
+    """What this host lacks to run a rootless engine for another user, or None."""
+
+    if os.geteuid() != 0:
+        return "creating the engine's user and its id ranges needs root"
+    missing = [tool for tool in ("rootlesskit", "newuidmap", "slirp4netns") if not shutil.which(tool)]
+    if missing or not rootless_script():
+        return f"{', '.join(missing) or 'dockerd-rootless.sh'} missing: apt-get install rootlesskit uidmap slirp4netns"
+    if not os.path.exists("/dev/net/tun") or os.stat("/dev/net/tun").st_mode & 0o006 != 0o006:
+        return "/dev/net/tun is not open to every user (udev makes it 0666): slirp4netns needs it"
+    return None
+
+
+class RootlessEngine:
+    """dockerd-rootless.sh run by `user` (created with `uid` and a subordinate id range
+    where missing), its socket in the user's own runtime folder, the base image loaded
+    from the rootful engine `cli`. stop() removes everything it stored."""
+
+    def __init__(self, user: str, uid: int, subordinate: str, cli: str, base_image: str) -> None:
+        self.uid = uid
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--uid", str(uid), "--user-group", "--shell", "/bin/bash", user],
+                           check=True, capture_output=True)  # fmt: skip
+        for path in ("/etc/subuid", "/etc/subgid"):
+            lines = Path(path).read_text().splitlines() if os.path.exists(path) else []
+            if not any(line.startswith(f"{user}:") for line in lines):
+                with open(path, "a") as ranges:
+                    ranges.write(f"{user}:{subordinate}\n")
+        self.home = Path(pwd.getpwnam(user).pw_dir)
+        # XDG_RUNTIME_DIR, as a login would give it (no systemd here): the user's alone.
+        self.runtime_dir = self.home / ".run"
+        subprocess.run(["rm", "-rf", str(self.runtime_dir)], check=True)
+        self.runtime_dir.mkdir(mode=0o700)
+        os.chown(self.runtime_dir, uid, uid)
+        script = rootless_script()
+        self.env = {
+            "HOME": str(self.home),
+            "USER": user,
+            "LOGNAME": user,
+            "PATH": f"{Path(script).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "XDG_RUNTIME_DIR": str(self.runtime_dir),
+            "DOCKER_HOST": f"unix://{self.runtime_dir}/docker.sock",
+            "LANG": "C.UTF-8",
+        }
+        self.log = open(self.runtime_dir / "dockerd.log", "w")  # noqa: SIM115 - closed by stop()
+        self.daemon = subprocess.Popen([script], env=self.env, cwd=self.home, user=uid, group=uid, extra_groups=[],
+                                       stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        for _ in range(60):
+            if self.run(["docker", "info"]).returncode == 0 or self.daemon.poll() is not None:
+                break
+            time.sleep(1)
+        info = self.run(["docker", "info", "--format", "{{json .SecurityOptions}}"])
+        if info.returncode != 0 or "rootless" not in info.stdout:
+            self.stop()
+            raise RuntimeError(
+                f"the rootless engine did not start:\n{(self.runtime_dir / 'dockerd.log').read_text()[-3000:]}"
+            )
+        # The stand-in base image, from the rootful engine's store into this one's.
+        saved = subprocess.Popen([cli, "save", base_image], stdout=subprocess.PIPE)
+        loaded = self.run(["docker", "load"], stdin=saved.stdout, text=False)
+        saved.wait()
+        if loaded.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"docker load into the rootless engine: {loaded.stderr}")
+
+    def run(self, cmd: list[str], cwd: Path | None = None, env: dict | None = None, **kwargs):
+        """cmd as the user, with only the user's environment (its engine, its HOME)."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(cmd, cwd=cwd or self.home, env={**self.env, **(env or {})}, user=self.uid,
+                              group=self.uid, extra_groups=[], check=False, **kwargs)  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop the engine and remove what it stored: images, build cache, data root (its
+        files belong to the user's subordinate ids: removed as root)."""
+
+        if self.daemon.poll() is None:
+            self.run(["docker", "system", "prune", "-af"])
+            os.killpg(self.daemon.pid, signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.daemon.pid, signal.SIGKILL)
+                self.daemon.wait()
+        self.log.close()
+        subprocess.run(["rm", "-rf", str(self.home / ".local" / "share" / "docker")], check=False)
