@@ -100,8 +100,9 @@ def default_project(bake) -> Path:
     return baked.project_path
 
 
-def compose_config(project: Path, compose_file: str | None = None) -> dict:
-    """`docker compose config` as JSON: interpolation and schema checks, no daemon needed."""
+def compose_config(project: Path, compose_file: str | None = None, profiles: tuple[str, ...] = ()) -> dict:
+    """`docker compose config` as JSON: interpolation and schema checks, no daemon needed;
+    `profiles` adds the services of those profiles."""
     docker = os.environ.get("DOCKER") or "docker"
     if run([docker, "compose", "version"]).returncode != 0:
         if os.environ.get("REQUIRE_DOCKER") == "1":
@@ -110,6 +111,8 @@ def compose_config(project: Path, compose_file: str | None = None) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
     if compose_file:
         env["COMPOSE_FILE"] = compose_file
+    if profiles:
+        env["COMPOSE_PROFILES"] = ",".join(profiles)
     result = run([docker, "compose", "config", "--format", "json"], cwd=project, env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

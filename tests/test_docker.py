@@ -934,7 +934,7 @@ def test_devcontainer_cli_opens_the_project_as_the_user_with_its_environment(pro
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     outcome = json.loads(up.stdout.strip().splitlines()[-1])
     # The container's own user (compose.yaml's `user`: your ids on rootful Docker).
-    assert outcome["outcome"] == "success" and outcome["remoteUser"] == str(project.uid)
+    assert outcome["outcome"] == "success" and outcome["remoteUser"] == "dev"
     assert outcome["remoteWorkspaceFolder"] == "/workspace"
     # The container `up` attached to (the compose service, already running or new).
     cli += ["--container-id", outcome["containerId"]]

@@ -59,25 +59,29 @@ def engine_path(tmp_path: Path, monkeypatch, docker: bool = True, podman: bool =
 
 
 @pytest.mark.parametrize(
-    ("engine", "answers", "mode", "user", "userns"),
+    ("engine", "answers", "mode", "container_user", "lab", "lock", "userns"),
     [
-        ("rootful Docker", {}, "docker", "1000:1000", ""),
-        ("rootless Docker", ROOTLESS, "rootless-docker", "0:0", ""),
-        ("Podman's Docker API", PODMAN, "podman", "1000:1000", "keep-id:uid=1000,gid=1000"),
+        ("rootful Docker", {}, "docker", "", "dev", "1000:1000", ""),
+        ("rootless Docker", ROOTLESS, "rootless-docker", "0:0", "0:0", "0:0", ""),
+        ("Podman's Docker API", PODMAN, "podman", "", "dev", "1000:1000", "keep-id:uid=1000,gid=1000"),
     ],
 )  # fmt: skip
-def test_the_engine_decides_who_the_container_runs_as(bake, tmp_path, monkeypatch, engine, answers, mode, user, userns):
+def test_the_engine_decides_who_the_container_runs_as(
+    bake, tmp_path, monkeypatch, engine, answers, mode, container_user, lab, lock, userns
+):
+    """The lab runs as "dev" (your ids) by name, which keeps its groups; the lock stage
+    has no "dev" and runs as your ids. On rootless Docker both run as the container's
+    root: you."""
     engine_path(tmp_path, monkeypatch, **answers)
     baked = bake(uid=1000, gid=1000)
     assert baked.exit_code == 0, baked.output
     values = env_values(baked.project_path)
-    assert (values["ENGINE_MODE"], values["CONTAINER_USER"], values["USERNS_MODE"]) == (mode, user, userns), engine
-    lab = compose_config(baked.project_path, "compose.yaml")["services"]["lab"]
-    assert lab["user"] == user
-    assert lab.get("userns_mode", "") == userns
-    assert lab["environment"]["ENGINE_MODE"] == mode  # Jupyter allows root on rootless Docker only
-    lock = compose_config(baked.project_path, "compose.yaml")["services"].get("lock")
-    assert lock is None or lock["user"] == user
+    assert (values["ENGINE_MODE"], values["CONTAINER_USER"], values["USERNS_MODE"]) == (mode, container_user, userns)
+    services = compose_config(baked.project_path, "compose.yaml", profiles=("tools",))["services"]
+    assert (services["lab"]["user"], services["lock"]["user"]) == (lab, lock), engine
+    for service in ("lab", "lock"):
+        assert services[service].get("userns_mode", "") == userns
+    assert services["lab"]["environment"]["ENGINE_MODE"] == mode  # Jupyter allows root on rootless Docker only
 
 
 @pytest.mark.parametrize(("rootless", "mode"), [("true", "podman"), ("false", "docker")])
@@ -102,7 +106,7 @@ def test_editing_engine_mode_moves_the_container_user_and_make_up_checks_the_eng
     assert setup.returncode == 0, setup.stderr
     assert ".env: USERNS_MODE=keep-id:uid=1000,gid=1000, as ENGINE_MODE=podman needs" in setup.stdout
     values = env_values(project)
-    assert (values["CONTAINER_USER"], values["USERNS_MODE"]) == ("1000:1000", "keep-id:uid=1000,gid=1000")
+    assert (values["CONTAINER_USER"], values["USERNS_MODE"]) == ("", "keep-id:uid=1000,gid=1000")
     assert [
         line for line in env.read_text().splitlines() if not line.startswith(("CONTAINER_USER", "USERNS_MODE"))
     ] == untouched

@@ -61,8 +61,7 @@ def test_container_holds_no_capabilities_and_gains_no_privileges(project):
     assert "privileged" not in lab
     # The host user, as the engine found at generation maps it (tests/test_engine_mode.py: each engine).
     values = env_values(project / ".env")
-    ids = f"{values['USER_UID']}:{values['USER_GID']}"
-    assert lab["user"] == {"docker": ids, "rootless-docker": "0:0", "podman": ids}[values["ENGINE_MODE"]]
+    assert lab["user"] == {"docker": "dev", "rootless-docker": "0:0", "podman": "dev"}[values["ENGINE_MODE"]]
 
 
 def test_publishing_beyond_loopback_is_an_explicit_opt_in_with_a_warning(project):

@@ -307,11 +307,12 @@ def cdi_gpu_devices() -> dict[str, list[str]]:
 def container_user(env: dict[str, str]) -> dict[str, str]:
     """CONTAINER_USER and USERNS_MODE (compose.yaml's `user` and `userns_mode`) as
     ENGINE_MODE implies them: on rootless Docker the container's root, the only container
-    id that is you on the host; on Podman your ids, which keep-id maps to yours."""
+    id that is you on the host; elsewhere none (the image's user, with your ids), and on
+    Podman keep-id, which maps those ids to yours."""
     uid, gid = env.get("USER_UID", "1000"), env.get("USER_GID", "1000")
     mode = env.get("ENGINE_MODE", "docker")
     return {
-        "CONTAINER_USER": "0:0" if mode == "rootless-docker" else f"{uid}:{gid}",
+        "CONTAINER_USER": "0:0" if mode == "rootless-docker" else "",
         "USERNS_MODE": f"keep-id:uid={uid},gid={gid}" if mode == "podman" else "",
     }
 
