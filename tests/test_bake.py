@@ -36,6 +36,7 @@ COMMON_FILES = {
     "README.md",
     "cache/.gitignore",
     "compose.gpu.yaml",
+    "compose.podman.yaml",
     "compose.yaml",
     "data/.gitignore",
     "deploy/k8s/render.py",
@@ -52,6 +53,7 @@ COMMON_FILES = {
     "docker/lab-overrides.json",
     "docker/lock",
     "docker/no-extra-ca.pem",
+    "docker/podman-compose",
     "docker/push",
     "docker/share-env",
     "docker/create-user",
@@ -156,7 +158,7 @@ def test_nothing_is_left_unrendered(default_project):
 
 
 def test_every_structured_file_parses(default_project):
-    for name in ("compose.yaml", "compose.gpu.yaml", ".hadolint.yaml"):
+    for name in ("compose.yaml", "compose.gpu.yaml", "compose.podman.yaml", ".hadolint.yaml"):
         assert isinstance(yaml.safe_load((default_project / name).read_text()), dict), name
     for name in ("pyproject.toml", "uv.lock"):
         tomllib.loads((default_project / name).read_text())
@@ -173,6 +175,7 @@ def test_helper_scripts_are_executable(default_project):
         "docker/share-env",
         "docker/create-user",
         "docker/push",
+        "docker/podman-compose",
         "docker/train",
         "deploy/slurm/launch",
         ".devcontainer/select-gpu",
@@ -286,12 +289,13 @@ def test_generated_files_pass_the_linters(bake, key):
     project = bake(**answers_for(key)).project_path
     checks = [
         [tool("hadolint"), "Dockerfile"],  # .hadolint.yaml: fail on warnings too
-        [tool("shellcheck"), "docker/with-build-ca", "docker/lock", "docker/compose-up", "docker/install-layer",
-         "docker/share-env", "docker/create-user", "docker/push", "docker/train", "deploy/slurm/launch",
-         "deploy/slurm/train.sbatch", ".devcontainer/select-gpu"],
+        [tool("shellcheck"), "docker/with-build-ca", "docker/lock", "docker/compose-up", "docker/podman-compose",
+         "docker/install-layer", "docker/share-env", "docker/create-user", "docker/push", "docker/train",
+         "deploy/slurm/launch", "deploy/slurm/train.sbatch", ".devcontainer/select-gpu"],
         [tool("ruff"), "check", "."],
         [tool("ruff"), "format", "--check", "."],
-        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml"],
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml", "compose.gpu.yaml",
+         "compose.podman.yaml"],
         [tool("check-jsonschema"), "--schemafile", str(TEMPLATE / "schemas" / "devcontainer.schema.json"),
          "--force-filetype", "json5", ".devcontainer/devcontainer.json"],
     ]  # fmt: skip

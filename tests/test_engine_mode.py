@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import fake_bin, run
 from test_bake import compose_config
 from test_doctor import FAKE_SMI, doctor, doctor_module
@@ -123,23 +124,68 @@ def test_editing_engine_mode_moves_the_container_user_and_make_up_checks_the_eng
     assert "ENGINE_MODE='sudo' in .env is not one of docker, rootless-docker, podman" in preflight.stderr
 
 
-def test_make_up_on_podman_stops_before_compose_and_says_what_to_use(bake, tmp_path, monkeypatch):
-    """Compose through Podman's socket would fail on a registry pull (its BuildKit
-    container) or start without the CDI GPUs: `make up` refuses first, naming why."""
+def test_make_runs_podman_compose_on_podman_and_docker_compose_elsewhere(bake, tmp_path, monkeypatch):
+    """The Makefile's COMPOSE follows ENGINE_MODE (and, before .env exists, the engine):
+    `make -n` shows each target's command as the user would run it."""
     engine_path(tmp_path, monkeypatch, **PODMAN)
     project = bake(uid=1000, gid=1000).project_path
     assert env_values(project)["ENGINE_MODE"] == "podman"
+    dry = run(["make", "-n", "stop", "lock"], cwd=project)
+    assert "docker/podman-compose stop" in dry.stdout, dry.stdout + dry.stderr
+    assert "docker/podman-compose --profile tools run --rm --build lock with-build-ca docker/lock" in dry.stdout
+    env = project / ".env"
+    env.write_text(env.read_text().replace("ENGINE_MODE=podman", "ENGINE_MODE=docker"))
+    assert "docker compose stop" in run(["make", "-n", "stop"], cwd=project).stdout
+    # No .env yet (a fresh clone): the engine that answers decides, and nothing is written.
+    env.unlink()
+    assert run([sys.executable, "docker/setup_env.py", "--compose"], cwd=project).stdout == "docker/podman-compose\n"
+    assert not env.exists()
+    monkeypatch.delenv("FAKE_SERVER")
+    assert run([sys.executable, "docker/setup_env.py", "--compose"], cwd=project).stdout == "docker compose\n"
+
+
+def test_make_up_on_podman_without_podman_compose_says_how_to_install_it(bake, tmp_path, monkeypatch):
+    path = engine_path(tmp_path, monkeypatch, **PODMAN)
+    project = bake(uid=1000, gid=1000).project_path
     preflight = run([sys.executable, "docker/setup_env.py", "--preflight"], cwd=project)
     assert preflight.returncode == 1
     assert (
-        "ERROR: `make up` does not run on Podman yet: Docker Compose through Podman's socket cannot build the image "
-        "without a registry, and drops CDI GPUs: use rootless Docker (README: Docker without root)"
+        "ERROR: ENGINE_MODE=podman, and podman-compose is not installed: the project runs its services with it: "
+        "`sudo dnf install podman-compose` (RHEL family, from EPEL), elsewhere `pipx install podman-compose`"
     ) in preflight.stderr
-    # The same project on rootful Docker passes the same check.
-    (project / ".env").write_text((project / ".env").read_text().replace("ENGINE_MODE=podman", "ENGINE_MODE=docker"))
-    monkeypatch.delenv("FAKE_SERVER")
+    # With podman-compose on PATH, the same check passes.
+    (Path(path.split(os.pathsep)[0]) / "podman-compose").write_text("#!/bin/sh\necho 'podman-compose version 1.6.0'\n")
+    (Path(path.split(os.pathsep)[0]) / "podman-compose").chmod(0o755)
     preflight = run([sys.executable, "docker/setup_env.py", "--preflight"], cwd=project)
     assert preflight.returncode == 0, preflight.stderr
+
+
+def test_podman_compose_passes_the_files_the_token_and_the_image_format(bake, tmp_path, monkeypatch):
+    """docker/podman-compose: COMPOSE_FILE from .env plus compose.podman.yaml, the token
+    in a file only the user reads, Docker's image format; the arguments as given."""
+    path = engine_path(tmp_path, monkeypatch, **PODMAN)
+    project = bake(uid=1000, gid=1000).project_path
+    (Path(path.split(os.pathsep)[0]) / "podman-compose").write_text(
+        '#!/bin/sh\necho "COMPOSE_FILE=$COMPOSE_FILE BUILDAH_FORMAT=$BUILDAH_FORMAT TMPDIR=$TMPDIR $*"\n'
+    )
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    (Path(path.split(os.pathsep)[0]) / "podman-compose").chmod(0o755)
+    shown = run(["docker/podman-compose", "up", "-d"], cwd=project)
+    assert shown.returncode == 0, shown.stderr
+    files = env_values(project)["COMPOSE_FILE"]
+    # TMPDIR: a folder of the user's own (Podman 4.3 shares TMPDIR/buildah-cache between users).
+    own = tmp_path / f"podman-{os.getuid()}"
+    assert shown.stdout == f"COMPOSE_FILE={files}:compose.podman.yaml BUILDAH_FORMAT=docker TMPDIR={own} up -d\n"
+    assert own.is_dir() and own.stat().st_mode & 0o777 == 0o700
+    token = project / ".jupyter-token"
+    assert token.read_text() == env_values(project)["JUPYTER_TOKEN"]
+    assert token.stat().st_mode & 0o777 == 0o600
+    # Read by podman-compose only (Docker Compose refuses a secret with a file and an
+    # environment variable, and never sees this file).
+    podman = yaml.safe_load((project / "compose.podman.yaml").read_text())
+    assert podman["secrets"]["jupyter_token"] == {"environment": "", "file": ".jupyter-token"}
+    assert podman["services"]["lab"]["group_add"] == ["venv"]
+    assert podman["x-podman"] == {"in_pod": False}
 
 
 NVIDIA_CTK_SPEC = """---

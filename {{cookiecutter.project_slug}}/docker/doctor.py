@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -178,6 +177,29 @@ def check_docker(doctor: Doctor) -> dict[str, str] | None:
     return info
 
 
+# Podman's first release that takes keep-id's uid and gid (USERNS_MODE in .env).
+MIN_PODMAN = (4, 3)
+
+
+def check_podman(doctor: Doctor) -> dict[str, str] | None:
+    """Podman in place of Docker (ENGINE_MODE=podman): its version, as `podman version`
+    prints it; podman-compose is checked with the engine mode."""
+    result = run(["podman", "version"]) if shutil.which("podman") else None
+    if result is None or result.returncode != 0:
+        doctor.fail(
+            "ENGINE_MODE=podman, and podman does not answer",
+            "install it (sudo dnf install podman; sudo apt-get install podman catatonit) and check `podman info`",
+        )
+        return None
+    version = re.search(r"^Version:\s*(\S+)", result.stdout, re.MULTILINE)
+    shown = version.group(1) if version else "unknown"
+    if version_tuple(shown) < MIN_PODMAN:
+        doctor.fail(f"Podman {shown} is older than 4.3: it cannot map your ids (keep-id)", "upgrade Podman")
+    else:
+        doctor.ok(f"Podman {shown}")
+    return {"Server Version": shown, "Runtimes": ""}
+
+
 # Where a rootless engine takes the user's subordinate ids from, and the fix for each.
 ID_RANGES = {"/etc/subuid": "--add-subuids", "/etc/subgid": "--add-subgids"}
 # The NVIDIA Container Toolkit's settings, which rootless Docker needs changed.
@@ -210,7 +232,29 @@ def check_engine(doctor: Doctor, env: dict[str, str] | None) -> str | None:
         )
     if detected == "podman":
         check_podman_storage(doctor)
+        check_podman_tools(doctor)
     return detected
+
+
+# Where Podman finds the init process compose.yaml's `init: true` asks for.
+CATATONIT = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit", "/usr/local/libexec/podman/catatonit")
+
+
+def check_podman_tools(doctor: Doctor) -> None:
+    """What `make` needs beside Podman: podman-compose, and the init process."""
+    problem = setup_env.podman_problem({"ENGINE_MODE": "podman"})
+    if problem:
+        doctor.fail(*problem)
+    else:
+        version = run(["podman-compose", "--version"])
+        said = [line for line in (version.stdout if version else "").splitlines() if "podman-compose" in line]
+        shown = said[0].strip() if said else "podman-compose"
+        doctor.ok(f"{shown}: make runs the services with it (docker/podman-compose)")
+    if not any(os.path.exists(path) for path in CATATONIT):
+        doctor.fail(
+            "catatonit is missing: Podman cannot start the container's init process (compose.yaml: init: true)",
+            "sudo apt-get install catatonit (Debian, Ubuntu); RHEL-family podman includes it",
+        )
 
 
 def check_id_ranges(doctor: Doctor) -> None:
@@ -527,17 +571,17 @@ def check_gpu_kernels(doctor: Doctor, rows: list[list[str]]) -> None:
             )
 
 
-def check_base_image(doctor: Doctor, env: dict[str, str] | None) -> None:
+def check_base_image(doctor: Doctor, env: dict[str, str] | None, cli: str = "docker") -> None:
     """The image the build starts FROM: on this machine already, or in a registry that
     answers. Otherwise the build would end in the registry's DNS or "not found" error."""
-    if not shutil.which("docker"):
+    if not shutil.which(cli):
         return
     base = os.environ.get("BASE_IMAGE") or (env or {}).get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
-    local = run(["docker", "image", "inspect", base])
+    local = run([cli, "image", "inspect", base])
     if local is not None and local.returncode == 0:
         doctor.ok(f"base image {base} is on this machine")
         return
-    remote = run(["docker", "manifest", "inspect", base])
+    remote = run([cli, "manifest", "inspect", base])
     if remote is not None and remote.returncode == 0:
         doctor.ok(f"base image {base} can be pulled")
         return
@@ -555,26 +599,18 @@ def check_port(doctor: Doctor, env: dict[str, str] | None) -> None:
     port = setup_env.port_number((env or {}).get("JUPYTER_HOST_PORT", ""))
     if port is None:  # no .env, or a value read_env reported
         return
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            if running_here():
-                doctor.ok(f"port {port} is this project's Jupyter")
-                return
-            _, holder = setup_env.port_holder(port)
-            doctor.fail(
-                f"port {port} on 127.0.0.1 is taken by {holder or 'another program'}",
-                f"pick a free JUPYTER_HOST_PORT in .env, or stop it (`ss -ltnp | grep {port}` or `lsof -i :{port}`)",
-            )
-            return
-    doctor.ok(f"port {port} is free")
-
-
-def running_here() -> bool:
-    result = run(["docker", "compose", "ps", "--status", "running", "--services"]) if shutil.which("docker") else None
-    return bool(result and result.returncode == 0 and "lab" in result.stdout.split())
+    if setup_env.port_free(port):
+        doctor.ok(f"port {port} is free")
+        return
+    # A container of this clone's compose project (its label, on Docker and Podman alike).
+    kind, holder = setup_env.port_holder(port)
+    if kind == "container" and f"(compose project {(env or {}).get('COMPOSE_PROJECT_NAME')})" in holder:
+        doctor.ok(f"port {port} is this project's Jupyter")
+        return
+    doctor.fail(
+        f"port {port} on 127.0.0.1 is taken by {holder or 'another program'}",
+        f"pick a free JUPYTER_HOST_PORT in .env, or stop it (`ss -ltnp | grep {port}` or `lsof -i :{port}`)",
+    )
 
 
 def check_user_dirs(doctor: Doctor, env: dict[str, str] | None) -> None:
@@ -674,10 +710,11 @@ def main(argv: list[str] | None = None) -> int:
         print("doctor: the host")
         env = read_env(doctor)
         check_env(doctor, env)
-        info = check_docker(doctor)
+        podman = (env or {}).get("ENGINE_MODE") == "podman"
+        info = check_podman(doctor) if podman else check_docker(doctor)
         mode = check_engine(doctor, env)
         if info is not None:
-            check_base_image(doctor, env)
+            check_base_image(doctor, env, "podman" if podman else "docker")
         check_gpu(doctor, env, info, mode)
         check_port(doctor, env)
         check_user_dirs(doctor, env)

@@ -6,6 +6,8 @@ fresh clone needs no hand-written .env.
     python3 docker/setup_env.py              # .env and compose.gpu.yaml, and what was chosen
     python3 docker/setup_env.py --preflight  # the same, then refuse what would fail in Docker:
                                              # an invalid GPU_DEVICES, a port someone else holds
+    python3 docker/setup_env.py --compose    # only print the compose command for this clone's
+                                             # engine (the Makefile's COMPOSE); writes nothing
 
 An existing value in .env is never changed, except CONTAINER_USER and USERNS_MODE, which
 follow ENGINE_MODE (README "Docker without root"). Each clone gets its own compose project and
@@ -334,21 +336,33 @@ def engine_mode_problem(env: dict[str, str], detected: str | None) -> tuple[str,
     return None
 
 
+# What `make` runs Compose with on each engine: Docker Compose through Podman's socket
+# needs a registry to build (it starts a BuildKit container) and drops CDI devices
+# (podman issue 28436); podman-compose builds with `podman build` and hands devices to
+# `podman run --device`, which knows CDI names.
+PODMAN_COMPOSE = "docker/podman-compose"
+DOCKER_COMPOSE = "docker compose"
+
+
+def compose_command() -> str:
+    """The compose command for this clone: ENGINE_MODE from .env, or, before .env exists,
+    the engine `docker` (or `podman`) answers for. Never fails: Docker Compose by default."""
+    try:
+        mode = read_env().get("ENGINE_MODE") if ENV.exists() else detect_engine(docker_info_text())
+    except EnvError:
+        mode = None
+    return PODMAN_COMPOSE if mode == "podman" else DOCKER_COMPOSE
+
+
 def podman_problem(env: dict[str, str]) -> tuple[str, str] | None:
-    """Why `make up` stops on Podman, and what to do instead: Docker Compose through
-    Podman's socket starts a BuildKit container pulled from Docker Hub to build (no
-    registry: no image) and drops CDI devices (podman issue 28436). Refused here, before
-    Compose fails with a registry error."""
-    if env.get("ENGINE_MODE") != "podman":
+    """On Podman, what `make up` needs beyond the engine: podman-compose."""
+    if env.get("ENGINE_MODE") != "podman" or shutil.which("podman-compose"):
         return None
-    why = (
-        "`make up` does not run on Podman yet: Docker Compose through Podman's socket cannot build the image "
-        "without a registry, and drops CDI GPUs"
+    fix = (
+        "`sudo dnf install podman-compose` (RHEL family, from EPEL), elsewhere `pipx install podman-compose` "
+        "(1.1 or later; pipx: `sudo apt-get install pipx`), then `make up`"
     )
-    return (
-        why,
-        "use rootless Docker (README: Docker without root); .env is ready for Podman for when it does",
-    )
+    return "ENGINE_MODE=podman, and podman-compose is not installed: the project runs its services with it", fix
 
 
 def sync_container_user(quiet: bool = False) -> None:
@@ -639,13 +653,15 @@ def write_gpu_file(env: dict[str, str]) -> None:
 
 
 def docker_containers() -> list[dict]:
-    """`docker inspect` of every running container (JSON: the same on every engine)."""
-    if not shutil.which("docker"):
+    """`docker inspect` of every running container (JSON: the same on every engine), or
+    `podman inspect` where only Podman is installed."""
+    cli = shutil.which("docker") or shutil.which("podman")
+    if not cli:
         return []
-    ids = run(["docker", "ps", "-q"])
+    ids = run([cli, "ps", "-q"])
     if ids is None or ids.returncode != 0 or not ids.stdout.split():
         return []
-    inspected = run(["docker", "inspect", *ids.stdout.split()])
+    inspected = run([cli, "inspect", *ids.stdout.split()])
     try:
         return json.loads(inspected.stdout) if inspected and inspected.returncode == 0 else []
     except json.JSONDecodeError:
@@ -695,7 +711,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preflight", action="store_true", help="also refuse what would fail once Docker starts")
     parser.add_argument("--quiet", action="store_true", help="print nothing unless something is wrong")
+    parser.add_argument("--compose", action="store_true", help="only print the compose command for this engine")
     args = parser.parse_args(argv)
+    if args.compose:
+        print(compose_command())
+        return 0
     try:
         ensure_env(quiet=args.quiet)
         sync_container_user(quiet=args.quiet)
