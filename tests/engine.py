@@ -1,7 +1,7 @@
 """The Docker Engine's own API, for figures the CLI prints only rounded: the bytes of an
 image that no other image shares; what a build's plain progress output says of one
-step; and a rootless engine started for an ordinary user. Used by the Docker tier and
-benchmarks/docker_build.py."""
+step; a rootless Docker engine started for an ordinary user, and rootless Podman for
+another. Used by the Docker tier and benchmarks/docker_build.py."""
 
 from __future__ import annotations
 
@@ -171,3 +171,90 @@ class RootlessEngine:
                 self.daemon.wait()
         self.log.close()
         subprocess.run(["rm", "-rf", str(self.home / ".local" / "share" / "docker")], check=False)
+
+
+def podman_missing() -> str | None:
+    """What this host lacks to run rootless Podman for another user, or None."""
+
+    if os.geteuid() != 0:
+        return "creating the user and its id ranges needs root"
+    missing = [tool for tool in ("podman", "podman-compose", "newuidmap", "fuse-overlayfs") if not shutil.which(tool)]
+    if missing:
+        return (
+            f"{', '.join(missing)} missing: apt-get install podman catatonit fuse-overlayfs uidmap, and podman-compose"
+        )
+    if not os.path.exists("/dev/fuse") or os.stat("/dev/fuse").st_mode & 0o006 != 0o006:
+        return "/dev/fuse is not open to every user (udev makes it 0666): fuse-overlayfs needs it"
+    return None
+
+
+class PodmanUser:
+    """Rootless Podman as `user` (created with `uid` and a subordinate id range where
+    missing): overlay storage through fuse-overlayfs, as the README asks; `docker` on the
+    user's PATH is Podman, as RHEL's podman-docker makes it; the base image copied from
+    the rootful engine `cli`. stop() removes every container, image and build cache."""
+
+    def __init__(self, user: str, uid: int, subordinate: str, cli: str, base_image: str) -> None:
+        self.uid = uid
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--uid", str(uid), "--user-group", "--shell", "/bin/bash", user],
+                           check=True, capture_output=True)  # fmt: skip
+        for path in ("/etc/subuid", "/etc/subgid"):
+            lines = Path(path).read_text().splitlines() if os.path.exists(path) else []
+            if not any(line.startswith(f"{user}:") for line in lines):
+                with open(path, "a") as ranges:
+                    ranges.write(f"{user}:{subordinate}\n")
+        self.home = Path(pwd.getpwnam(user).pw_dir)
+        self.runtime_dir = self.home / ".run"
+        subprocess.run(["rm", "-rf", str(self.runtime_dir)], check=True)
+        self.runtime_dir.mkdir(mode=0o700)
+        config = self.home / ".config" / "containers"
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "storage.conf").write_text(
+            '[storage]\ndriver = "overlay"\n[storage.options.overlay]\nmount_program = "/usr/bin/fuse-overlayfs"\n'
+        )
+        shim = self.home / "bin"
+        shim.mkdir(exist_ok=True)
+        (shim / "docker").write_text('#!/bin/sh\nexec podman "$@"\n')
+        (shim / "docker").chmod(0o755)
+        subprocess.run(["chown", "-R", f"{uid}:{uid}", str(self.runtime_dir), str(self.home / ".config"), str(shim)],
+                       check=True)  # fmt: skip
+        self.env = {
+            "HOME": str(self.home),
+            "USER": user,
+            "LOGNAME": user,
+            "PATH": f"{shim}:/usr/local/bin:/usr/bin:/bin",
+            "XDG_RUNTIME_DIR": str(self.runtime_dir),
+            "LANG": "C.UTF-8",
+        }
+        info = self.run(["podman", "info", "--format", "json"])
+        if info.returncode != 0:
+            raise RuntimeError(f"rootless Podman does not answer for {user}: {info.stderr[-3000:]}")
+        store = json.loads(info.stdout)["store"]["graphDriverName"]
+        if store != "overlay":
+            raise RuntimeError(f"Podman stores {user}'s images with {store}, not overlay")
+        saved = subprocess.Popen([cli, "save", base_image], stdout=subprocess.PIPE)
+        loaded = self.run(["podman", "load"], stdin=saved.stdout)
+        saved.wait()
+        named = re.search(r"^Loaded image(?:\(s\))?: (\S+)", loaded.stdout, re.MULTILINE)
+        if loaded.returncode != 0 or not named:
+            raise RuntimeError(f"podman load: {loaded.stdout}{loaded.stderr}")
+        # Podman's name for it: a name without a registry becomes localhost/NAME.
+        self.base_image = named.group(1)
+
+    def run(self, cmd: list[str], cwd: Path | None = None, env: dict | None = None, **kwargs):
+        """cmd as the user, with only the user's environment."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(cmd, cwd=cwd or self.home, env={**self.env, **(env or {})}, user=self.uid,
+                              group=self.uid, extra_groups=[], check=False, **kwargs)  # fmt: skip
+
+    def stop(self) -> None:
+        """Remove the user's containers, images and build cache (files of subordinate ids:
+        removed as root)."""
+
+        self.run(["podman", "rm", "-af", "-t", "0"])
+        self.run(["podman", "system", "reset", "--force"])
+        subprocess.run(["rm", "-rf", str(self.home / ".local" / "share" / "containers")], check=False)
