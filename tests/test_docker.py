@@ -969,23 +969,6 @@ def test_allreduce_check_runs_on_two_processes_with_gloo(project):
     assert report["busbw_gbps"] > 0
 
 
-def test_product_time_grows_with_n_cubed(project):
-    """The reported time is the work's: doubling n multiplies it by about eight."""
-    if project.name != "Docker Default":
-        return
-    probe = (
-        "import json, torch, gpu_test\n"
-        "times = {}\n"
-        "for n in (256, 512, 1024):\n"
-        "    a, b = torch.randn(n, n), torch.randn(n, n)\n"
-        "    times[n] = gpu_test.median_seconds(lambda: a @ b, lambda: None, 5)\n"
-        "print(json.dumps(times))\n"
-    )
-    times = {int(n): t for n, t in json.loads(project.exec("python", "-c", probe).stdout).items()}
-    for small, large in ((256, 512), (512, 1024)):
-        assert 3 < times[large] / times[small] < 20, times
-
-
 @pytest.mark.variants("default")
 def test_the_readme_first_run_and_daily_commands_work(project, tmp_path):
     """The project README, as a newcomer follows it: every command block it gives for
