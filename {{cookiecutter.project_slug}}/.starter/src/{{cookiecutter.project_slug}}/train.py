@@ -20,6 +20,7 @@ printed is for scripts:
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
 import sys
@@ -266,7 +267,11 @@ def main(argv: list[str] | None = None) -> None:
         if process.backend:
             # Every process leaves together: one that tears the group down while another
             # still writes its checkpoint can abort at exit ("terminate called without an
-            # active exception", seen with gloo in torch 2.10).
+            # active exception", seen with gloo in torch 2.10). The model's DDP reducer sits
+            # in reference cycles: collected now, its pending gloo work is released while
+            # the interpreter is whole, not during its shutdown (the same abort, seen
+            # after the barrier alone on a loaded machine).
+            gc.collect()
             dist.barrier()
     finally:
         if process.backend:
