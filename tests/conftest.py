@@ -128,6 +128,16 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=kwargs.pop("check", False), **kwargs)
 
 
+def env_values(path: Path) -> dict[str, str]:
+    """A generated .env's values (written by the template: KEY=value lines, comments)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
+
+
 def tool(name: str) -> str:
     """A tool installed with the template's dev requirements (same venv as pytest)."""
     local = Path(sys.executable).parent / name

@@ -16,7 +16,7 @@ from pathlib import Path
 import json5
 import pytest
 import yaml
-from conftest import BENCHMARKS, TEMPLATE, fake_bin, fake_nvidia_smi, run, template_rules, tool
+from conftest import BENCHMARKS, TEMPLATE, env_values, fake_bin, fake_nvidia_smi, run, template_rules, tool
 from cookiecutter.main import cookiecutter
 
 TABLE = template_rules.load_table()
@@ -84,15 +84,6 @@ DEFAULT_FILES = COMMON_FILES | set(template_rules.MANAGER_FILES["uv"])
 
 def files_of(project: Path) -> set[str]:
     return {str(path.relative_to(project)) for path in project.rglob("*") if path.is_file()}
-
-
-def env_values(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            values[key] = value
-    return values
 
 
 @pytest.fixture

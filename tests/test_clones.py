@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import fake_bin, run
-from test_bake import compose_config, env_values
+from conftest import env_values, fake_bin, run
+from test_bake import compose_config
 
 # A docker that answers `info` (runtimes from FAKE_RUNTIMES), records every other call
 # in $DOCKER_CALLS, and for `ps -q` / `inspect` prints $FAKE_PS / $FAKE_INSPECT.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import fake_bin, run
+from conftest import env_values, fake_bin, run
 from test_bake import compose_config
 from test_doctor import FAKE_SMI, doctor, doctor_module
 
@@ -35,11 +35,6 @@ FAKE_PODMAN = """#!/bin/sh
 [ "$1" = info ] && printf '{"host": {"security": {"rootless": %s}}, "store": {"graphDriverName": "%s"}}\\n' \\
   "${FAKE_ROOTLESS:-true}" "${FAKE_STORAGE:-overlay}"
 """
-
-
-def env_values(project: Path) -> dict[str, str]:
-    lines = (project / ".env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
 
 
 def engine_path(tmp_path: Path, monkeypatch, docker: bool = True, podman: bool = False, **answers: str) -> str:
@@ -76,7 +71,7 @@ def test_the_engine_decides_who_the_container_runs_as(
     engine_path(tmp_path, monkeypatch, **answers)
     baked = bake(uid=1000, gid=1000)
     assert baked.exit_code == 0, baked.output
-    values = env_values(baked.project_path)
+    values = env_values(baked.project_path / ".env")
     assert (values["ENGINE_MODE"], values["CONTAINER_USER"], values["USERNS_MODE"]) == (mode, container_user, userns)
     services = compose_config(baked.project_path, "compose.yaml", profiles=("tools",))["services"]
     assert (services["lab"]["user"], services["lock"]["user"]) == (lab, lock), engine
@@ -90,7 +85,7 @@ def test_podman_without_a_docker_cli_is_asked_itself(bake, tmp_path, monkeypatch
     engine_path(tmp_path, monkeypatch, docker=False, podman=True, FAKE_ROOTLESS=rootless)
     baked = bake()
     assert baked.exit_code == 0, baked.output
-    assert env_values(baked.project_path)["ENGINE_MODE"] == mode
+    assert env_values(baked.project_path / ".env")["ENGINE_MODE"] == mode
 
 
 def test_editing_engine_mode_moves_the_container_user_and_make_up_checks_the_engine(bake, tmp_path, monkeypatch):
@@ -106,7 +101,7 @@ def test_editing_engine_mode_moves_the_container_user_and_make_up_checks_the_eng
     setup = run([sys.executable, "docker/setup_env.py"], cwd=project, env={"PATH": path})
     assert setup.returncode == 0, setup.stderr
     assert ".env: USERNS_MODE=keep-id:uid=1000,gid=1000, as ENGINE_MODE=podman needs" in setup.stdout
-    values = env_values(project)
+    values = env_values(project / ".env")
     assert (values["CONTAINER_USER"], values["USERNS_MODE"]) == ("", "keep-id:uid=1000,gid=1000")
     assert [
         line for line in env.read_text().splitlines() if not line.startswith(("CONTAINER_USER", "USERNS_MODE"))
@@ -129,7 +124,7 @@ def test_make_runs_podman_compose_on_podman_and_docker_compose_elsewhere(bake, t
     `make -n` shows each target's command as the user would run it."""
     engine_path(tmp_path, monkeypatch, **PODMAN)
     project = bake(uid=1000, gid=1000).project_path
-    assert env_values(project)["ENGINE_MODE"] == "podman"
+    assert env_values(project / ".env")["ENGINE_MODE"] == "podman"
     dry = run(["make", "-n", "stop", "lock"], cwd=project)
     assert "docker/podman-compose stop" in dry.stdout, dry.stdout + dry.stderr
     assert "docker/podman-compose --profile tools run --rm --build lock with-build-ca docker/lock" in dry.stdout
@@ -172,13 +167,13 @@ def test_podman_compose_passes_the_files_the_token_and_the_image_format(bake, tm
     (Path(path.split(os.pathsep)[0]) / "podman-compose").chmod(0o755)
     shown = run(["docker/podman-compose", "up", "-d"], cwd=project)
     assert shown.returncode == 0, shown.stderr
-    files = env_values(project)["COMPOSE_FILE"]
+    files = env_values(project / ".env")["COMPOSE_FILE"]
     # TMPDIR: a folder of the user's own (Podman 4.3 shares TMPDIR/buildah-cache between users).
     own = tmp_path / f"podman-{os.getuid()}"
     assert shown.stdout == f"COMPOSE_FILE={files}:compose.podman.yaml BUILDAH_FORMAT=docker TMPDIR={own} up -d\n"
     assert own.is_dir() and own.stat().st_mode & 0o777 == 0o700
     token = project / ".jupyter-token"
-    assert token.read_text() == env_values(project)["JUPYTER_TOKEN"]
+    assert token.read_text() == env_values(project / ".env")["JUPYTER_TOKEN"]
     assert token.stat().st_mode & 0o777 == 0o600
     # Read by podman-compose only (Docker Compose refuses a secret with a file and an
     # environment variable, and never sees this file).

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BENCHMARKS, TEMPLATE, unavailable
+from conftest import BENCHMARKS, TEMPLATE, env_values, unavailable
 from engine import PodmanUser, podman_missing
 
 pytestmark = pytest.mark.docker
@@ -74,12 +74,6 @@ def podman(docker_env):
 class Project:
     path: Path
     token: str
-
-
-def env_values(path: Path) -> dict[str, str]:
-    return dict(
-        line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#")
-    )
 
 
 def set_env(path: Path, **values: str) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BENCHMARKS, TEMPLATE, unavailable
+from conftest import BENCHMARKS, TEMPLATE, env_values, unavailable
 from engine import RootlessEngine, rootless_missing
 
 pytestmark = pytest.mark.docker
@@ -61,12 +61,6 @@ def rootless(docker_env):
 class Project:
     path: Path
     token: str
-
-
-def env_values(path: Path) -> dict[str, str]:
-    return dict(
-        line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#")
-    )
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import json5
 import pytest
-from conftest import TEMPLATE, run, tool
-from test_bake import compose_config, env_values
+from conftest import TEMPLATE, env_values, run, tool
+from test_bake import compose_config
 
 DEVCONTAINER_SCHEMA = TEMPLATE / "schemas" / "devcontainer.schema.json"
 # Ways to switch certificate verification off, in every tool the image uses (spelled
