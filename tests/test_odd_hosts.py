@@ -1,18 +1,23 @@
 """Hosts that answer in bytes that are not UTF-8: an nvidia-smi with a GPU name in
 Latin-1 or a garbled reply, a .env saved in Latin-1. docker/doctor.py,
 docker/setup_env.py and gpu_test.py take such an answer as no usable answer (or show
-U+FFFD in a name), never with a traceback; and setup_env reads every valid .env exactly
-as before."""
+U+FFFD in a name), never with a traceback; and setup_env reads every .env exactly as
+Compose does (the real `docker compose` is the reference)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import TEMPLATE, fake_bin, run, template_rules
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_doctor import FAKE_DOCKER, GPU_FILES, NVIDIA_RUNTIMES, doctor, set_env_line
 
 PROJECT_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug}}"
@@ -150,38 +155,87 @@ def test_make_up_refuses_a_port_that_is_not_one(bake, port):
     assert f"ERROR: JUPYTER_HOST_PORT={port!r} in .env is not a port (1 to 65535)" in out
 
 
-def old_parse_env(text: str) -> dict[str, str]:
-    """parse_env as it was before it counted lines: the reference for valid files."""
-    values = {}
-    for line in text.splitlines():
-        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            key = key.strip()
-            values[key[len("export ") :].strip() if key.startswith("export ") else key] = setup_env.env_value(value)
-    return values
+# .env as Compose reads it. The reference is the real `docker compose` (compose-go's dotenv
+# package): every value, and whether the file is refused, must agree.
+ENV_KEYS = ["A", "B", "C", "D"]
 
 
-VALID_ENVS = [
+def compose_reads(tmp_path: Path, text: str) -> dict[str, str] | None:
+    """The values `docker compose` takes from .env text (None when it refuses the file)."""
+    docker = os.environ.get("DOCKER") or shutil.which("docker")
+    if not docker or run([docker, "compose", "version"]).returncode != 0:
+        if os.environ.get("REQUIRE_DOCKER") == "1":
+            pytest.fail("docker compose is required (REQUIRE_DOCKER=1)")
+        pytest.skip("docker compose is not installed")
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    (folder / ".env").write_text(text, encoding="utf-8", newline="")
+    # ${KEY-<unset>} tells a key .env does not set from one it sets empty.
+    environment = {f"V_{key}": f"${{{key}-<unset>}}" for key in ENV_KEYS}
+    (folder / "compose.yaml").write_text(json.dumps({"services": {"s": {"image": "x", "environment": environment}}}))
+    result = run([docker, "compose", "config", "--format", "json"], cwd=folder,
+                 env={"PATH": os.environ["PATH"], "HOME": str(folder)})  # fmt: skip
+    if result.returncode != 0:
+        return None
+    # `config` writes each literal $ as $$, so that its output reads back the same.
+    values = {
+        name: value.replace("$$", "$")
+        for name, value in json.loads(result.stdout)["services"]["s"]["environment"].items()
+    }
+    return {key: values[f"V_{key}"] for key in ENV_KEYS if values[f"V_{key}"] != "<unset>"}
+
+
+def setup_env_reads(text: str) -> dict[str, str] | None:
+    try:
+        values = setup_env.parse_env(text, environ={})
+    except setup_env.EnvError:
+        return None
+    return {key: value for key, value in values.items() if key in ENV_KEYS}
+
+
+ENV_TEXTS = [
     "A=1\nB=2\n",
     "# comment\n\nexport A = 'quoted # not a comment'\r\nB=x # comment\r\nA=again\n",
-    '\ufeffA=bom\nC="double"\n  # indented comment\nD=\nE==\n',
-    "A=1\x0cB=2\nC=é ünïcode\u2028D=4\rE=5",
+    '\ufeffA=bom\nC="double"\n  # indented comment\nD=\nB==\n',
+    "A=1\x0cB=2\nC=é ünïcode\u2028D=4\n",
+    "A=\"tok=en#1\"  # mine\nB='it\\'s' # c\nC=x#y\nD=  spaced  value  ",
+    'A="a\\nb\\t\\"q\\" \\\\ \\$B \\0101 \\x41"\nB=${A}!\nC=\'${A}\'\nD="$$ $A ${A}"',
+    "A=1\nB=${A:-d}${NONE:-d}${NONE-e}${A:+p}${NONE:+q}${A+r}\nC=$A$\nD=${A}}",
+    'A="multi\nline"\nB:yaml style\n  C = 3\nexport D=4',
+    "A=1\nB B=2\n",
+    'A="open\nB=2\n',
+    "A=${NONE:?is needed}\n",
+    "A=x${\n",
+    "A+B=1\n",
     "",
 ]
 
 
-@pytest.mark.parametrize("text", VALID_ENVS)
-def test_a_valid_env_reads_as_before(tmp_path, monkeypatch, text):
-    assert setup_env.parse_env(text) == old_parse_env(text)
-    env = tmp_path / ".env"
-    env.write_bytes(text.encode("utf-8"))
-    monkeypatch.setattr(setup_env, "ENV", env)
-    assert setup_env.read_env() == old_parse_env(env.read_text(encoding="utf-8"))
-    assert setup_env.decode_env(env.read_bytes()) == (env.read_text(encoding="utf-8"), [])
+@pytest.mark.parametrize("text", ENV_TEXTS)
+def test_env_reads_as_compose_reads_it(tmp_path, text):
+    assert setup_env_reads(text) == compose_reads(tmp_path, text)
+
+
+ENV_PIECES = st.sampled_from(["a", " ", "  ", "\t", "#", " #", "=", "'", '"', "\\", "$", "$A", "${B}", "{", "}",
+                              "${A:-x}", "$$", "\\n", "\\$", "é"])  # fmt: skip
+ENV_LINES = st.tuples(
+    st.sampled_from(["", "export ", " "]),
+    st.sampled_from(ENV_KEYS),
+    st.sampled_from(["=", " = ", ": "]),
+    st.sampled_from(["", "'", '"']),
+    st.lists(ENV_PIECES, max_size=6).map("".join),
+    st.sampled_from(["", " # note", "#x"]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(ENV_LINES, min_size=1, max_size=4))
+def test_any_env_reads_as_compose_reads_it(tmp_path, lines):
+    text = "".join(f"{lead}{key}{sep}{quote}{value}{quote}{tail}\n" for lead, key, sep, quote, value, tail in lines)
+    assert setup_env_reads(text) == compose_reads(tmp_path, text), text
 
 
 def test_env_lines_are_numbered_as_an_editor_numbers_them():
-    text, not_utf8 = setup_env.decode_env(b"A=1\r\n# c\r\nB=2\x0cC=\xff\nD=4\rE=5\n")
-    assert not_utf8 == [3]
-    assert setup_env.env_line_numbers(text) == {"A": 1, "B": 3, "C": 3, "D": 4, "E": 5}
+    text, not_utf8 = setup_env.decode_env(b"A=1\r\n# c\r\nB=2\nC=\xff\nD=4\rE=5\n")
+    assert not_utf8 == [4]
+    assert setup_env.env_line_numbers(text) == {"A": 1, "B": 3, "C": 4, "D": 5, "E": 6}
     assert setup_env.parse_env(text)["C"] == "\ufffd"

@@ -25,6 +25,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import setup_env
 
+setup_env.smi_warns = False  # a hung nvidia-smi is a FAIL of the GPU check here
+
 # Facts of this project, written by the template from its compatibility table.
 CUDA_VERSION = "{{ cookiecutter.cuda_version }}"
 # The driver rule (README: Choosing the CUDA build): from MIN_DRIVER on, the build runs
@@ -84,18 +86,33 @@ def read_env(doctor: Doctor) -> dict[str, str] | None:
     not UTF-8 and values the build or `up` would fail on are failures naming their line;
     such values are left out, so the other checks go on with the sound ones."""
     path = PROJECT / ".env"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    text, not_utf8 = setup_env.decode_env(path.read_bytes())
-    if not_utf8:
-        doctor.fail(setup_env.not_utf8_problem(".env", not_utf8), setup_env.not_utf8_fix(".env"))
-    values = setup_env.parse_env(text)
+    try:
+        text, not_utf8 = setup_env.decode_env(setup_env.read_bytes(path))
+        if not_utf8:
+            doctor.fail(setup_env.not_utf8_problem(".env", not_utf8), setup_env.not_utf8_fix(".env"))
+        values = setup_env.parse_env(text)
+    except setup_env.EnvError as error:  # unreadable, or not as Compose reads it: nothing to check
+        doctor.fail(error.problem, error.fix)
+        return None
+    check_env_mode(doctor, path)
     lines = setup_env.env_line_numbers(text)
     for key, why, fix in env_value_problems(values):
         if lines[key] not in not_utf8:  # that line is reported already
             doctor.fail(f"`.env` line {lines[key]}: {key}={values[key]!r} {why}", fix)
         del values[key]
     return {**values, **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
+
+
+def check_env_mode(doctor: Doctor, path: Path) -> None:
+    """The token in .env is the only barrier to Jupyter for every user of this host."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        doctor.fail(
+            f".env is readable by other users of this host (mode {mode:o}), and it holds the Jupyter token",
+            "chmod 600 .env (make up does it when it can), then a new token if others may have read it",
+        )
 
 
 def env_value_problems(values: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -114,10 +131,11 @@ def env_value_problems(values: dict[str, str]) -> list[tuple[str, str, str]]:
 
 def check_env(doctor: Doctor, env: dict[str, str] | None) -> None:
     if env is None:
-        doctor.warn(
-            ".env is missing (a fresh clone): `make up` writes it for this clone",
-            "nothing to do, or write it now: python3 docker/setup_env.py",
-        )
+        if not os.path.lexists(PROJECT / ".env"):  # else read_env named what is wrong with it
+            doctor.warn(
+                ".env is missing (a fresh clone): `make up` writes it for this clone",
+                "nothing to do, or write it now: python3 docker/setup_env.py",
+            )
         return
     if not env.get("JUPYTER_TOKEN"):
         doctor.fail(
@@ -367,6 +385,9 @@ def check_gpu(doctor: Doctor, env: dict[str, str] | None, info: dict[str, str] |
         )
         return
     rows = query_gpus()
+    if setup_env.smi_hung:
+        doctor.fail(setup_env.NVIDIA_SMI_HUNG, setup_env.NVIDIA_SMI_HUNG_FIX)
+        return
     if not rows:
         doctor.fail(
             "nvidia-smi gives no driver version: the driver is not loaded, or broken",
@@ -481,9 +502,9 @@ def check_gpu_devices(doctor: Doctor, env: dict[str, str]) -> None:
 def gpu_usage() -> list[dict]:
     """Each GPU with its memory use and the processes on it (nvidia-smi queries)."""
     fields = "index,uuid,name,memory.used,memory.total"
-    smi = run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
-    apps = run(
-        ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,process_name,used_memory", "--format=csv,noheader,nounits"]
+    smi = setup_env.nvidia_smi(f"--query-gpu={fields}", "--format=csv,noheader,nounits")
+    apps = setup_env.nvidia_smi(
+        "--query-compute-apps=gpu_uuid,pid,process_name,used_memory", "--format=csv,noheader,nounits"
     )
     processes: dict[str, list[dict]] = {}
     for line in apps.stdout.splitlines() if apps is not None and apps.returncode == 0 else []:
@@ -522,7 +543,7 @@ def query_gpus() -> list[list[str]]:
     """[driver, name, compute capability or ""] per GPU; drivers before R510 lack compute_cap.
     [] when nvidia-smi fails or answers something that is not a driver version."""
     for fields in ("driver_version,name,compute_cap", "driver_version,name"):
-        smi = run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"])
+        smi = setup_env.nvidia_smi(f"--query-gpu={fields}", "--format=csv,noheader")
         if smi is not None and smi.returncode == 0 and smi.stdout.strip():
             rows = [[cell.strip() for cell in line.split(",")] for line in smi.stdout.strip().splitlines()]
             rows = [(row + ["", ""])[:3] for row in rows]
@@ -635,7 +656,9 @@ def check_user_dirs(doctor: Doctor, env: dict[str, str] | None) -> None:
 
 def check_line_endings(doctor: Doctor) -> None:
     files = [PROJECT / name for name in LF_FILES] + [p for d in LF_DIRS for p in (PROJECT / d).glob("*") if p.is_file()]
-    crlf = [str(path.relative_to(PROJECT)) for path in files if path.is_file() and b"\r\n" in path.read_bytes()]
+    # A file this user cannot read (another owner's .env) is reported where it is read.
+    readable = [path for path in files if path.is_file() and os.access(path, os.R_OK)]
+    crlf = [str(path.relative_to(PROJECT)) for path in readable if b"\r\n" in path.read_bytes()]
     if crlf:
         doctor.fail(
             f"Windows (CRLF) line endings in {', '.join(crlf)}: scripts fail with '\\r: command not found'",
@@ -674,7 +697,7 @@ def check_in_container(doctor: Doctor) -> None:
     if sees_gpu:
         doctor.ok(f"{FRAMEWORK} sees the GPU")
     elif os.environ.get("NVIDIA_VISIBLE_DEVICES") and Path("/dev/nvidiactl").exists():
-        smi = run(["nvidia-smi", "-L"]) if shutil.which("nvidia-smi") else None
+        smi = setup_env.nvidia_smi("-L")
         if smi is not None and "Failed to initialize NVML: Unknown Error" in smi.stdout + smi.stderr:
             doctor.fail(
                 "the container lost its GPUs (nvidia-smi: 'Failed to initialize NVML'): the host reloaded "

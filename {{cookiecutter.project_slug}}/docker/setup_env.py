@@ -8,9 +8,13 @@ fresh clone needs no hand-written .env.
                                              # an invalid GPU_DEVICES, a port someone else holds
     python3 docker/setup_env.py --compose    # only print the compose command for this clone's
                                              # engine (the Makefile's COMPOSE); writes nothing
+    python3 docker/setup_env.py --get KEY    # only print one setting as Compose takes it (the
+                                             # shell's, else .env's): the scripts' one reader
+    python3 docker/setup_env.py --jupyter-url  # only print Jupyter's address, token encoded
 
 An existing value in .env is never changed, except CONTAINER_USER and USERNS_MODE, which
-follow ENGINE_MODE (README "Docker without root"). Each clone gets its own compose project and
+follow ENGINE_MODE (README "Docker without root"), and its mode, set back to 600 when others
+may read it (it holds the Jupyter token). Each clone gets its own compose project and
 image (COMPOSE_PROJECT_NAME, IMAGE_NAME: the project, the user and a hash of the
 clone's folder), so teammates on one server never stop, replace or delete each other's
 containers and images. Standard library only (Python 3.8+), like docker/doctor.py.
@@ -19,6 +23,7 @@ containers and images. Standard library only (Python 3.8+), like docker/doctor.p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import hashlib
 import json
@@ -27,9 +32,17 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
+import urllib.parse
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locks between runs (and no bind-mount users to race)
+    fcntl = None
 
 PROJECT = Path(__file__).resolve().parent.parent
 # The project's name, from the template; the clone's folder may be named otherwise.
@@ -58,7 +71,12 @@ NOT_UTF8 = re.compile("[\udc80-\udcff]+")
 
 
 class EnvError(Exception):
-    """A settings file that cannot be read as text: its message names the line and the fix."""
+    """A settings file that cannot be read, or not as Compose reads it: the problem (naming
+    the file and line) and its fix."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; {fix}")
+        self.problem, self.fix = problem, fix
 
 
 def run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
@@ -73,32 +91,191 @@ def run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | No
     )
 
 
-def env_value(raw: str) -> str:
-    """A value as Compose reads it: quotes around it removed, or a ` #` comment after it."""
-    raw = raw.strip()
-    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
-        return raw[1:-1]
-    return re.split(r"\s+#", raw, maxsplit=1)[0].strip()
+# nvidia-smi answers in well under a second; a hung driver or GPU makes it wait for minutes.
+NVIDIA_SMI_TIMEOUT = 5
+NVIDIA_SMI_HUNG = (
+    f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT} s: the NVIDIA driver or a GPU hangs "
+    "(`nvidia-smi` alone shows it; `sudo dmesg | grep -i xid` names the GPU)"
+)
+NVIDIA_SMI_HUNG_FIX = "a GPU reset (`sudo nvidia-smi -r -i N`, no process on it) or a reboot"
+smi_hung = False
+smi_warns = True  # doctor reports a hang itself
 
 
-def env_entries(text: str) -> list[tuple[int, str, str]]:
-    """(line number, key, value) of each KEY=value line (comments and blank lines skipped),
-    in order. Lines are counted as an editor counts them: by newlines."""
-    entries = []
-    number = 1
-    for line, with_end in zip(text.splitlines(), text.splitlines(keepends=True)):
-        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            key = key.strip()
-            key = key[len("export ") :].strip() if key.startswith("export ") else key
-            entries.append((number, key, env_value(value)))
-        number += with_end.count("\n")
-    return entries
+def nvidia_smi(*args: str) -> subprocess.CompletedProcess | None:
+    """nvidia-smi's answer, or None (no driver, or no answer). A hang is reported once and
+    not waited on again by this process, so no command waits on a stuck GPU for long."""
+    global smi_hung
+    if smi_hung or not shutil.which("nvidia-smi"):
+        return None
+    try:
+        process = subprocess.Popen(["nvidia-smi", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError:
+        return None
+    try:
+        out, err = process.communicate(timeout=NVIDIA_SMI_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # Killed but not waited for: a process stuck inside the driver may not even die.
+        process.kill()
+        process.stdout.close()
+        process.stderr.close()
+        smi_hung = True
+        if smi_warns:
+            print(f"WARNING: {NVIDIA_SMI_HUNG}; going on without it. Fix: {NVIDIA_SMI_HUNG_FIX}", file=sys.stderr)
+        return None
+    return subprocess.CompletedProcess(process.args, process.returncode, out.decode(errors="replace"),
+                                       err.decode(errors="replace"))  # fmt: skip
 
 
-def parse_env(text: str) -> dict[str, str]:
-    """KEY=value lines (comments and blank lines skipped), in order."""
-    return {key: value for _, key, value in env_entries(text)}
+# Compose's reading of .env (compose-go's dotenv package), which every reader here
+# follows: `export ` before a key is dropped; a value in single quotes is taken as written;
+# in double quotes, \n, \t, \", \\ and \$ are escapes and ${VAR} is replaced; an unquoted
+# value ends at " #" (a comment) and is trimmed, and ${VAR} is replaced too. After a
+# closing quote, a "# comment" may follow. A key alone on its line takes the shell's value.
+ENV_SPACE = "\t\v\f\r \x85\xa0"  # spaces that are not line breaks
+ENV_KEY_CHARS = re.compile(r"[\w.\-\[\]]")
+ENV_ESCAPE = re.compile(r'\\(?:[abcfnrtv$"\\]|0\d{0,3})')
+ENV_ESCAPES = {"a": "\a", "b": "\b", "c": "\\c", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+VARIABLE_NAME = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*")
+BRACED_VARIABLE = re.compile(r"([_a-zA-Z][_a-zA-Z0-9]*)(?:(:?[-+?])(.*))?", re.DOTALL)
+
+
+def env_escape(match: re.Match) -> str:
+    sequence = match.group()[1:]
+    if sequence == "$":
+        return "$$"  # a literal $, through interpolation below
+    if sequence[0] == "0":  # \0 and three octal digits: that byte's character
+        octal = sequence[1:]
+        return chr(int(octal, 8)) if re.fullmatch("[0-7]{3}", octal) and int(octal, 8) < 256 else match.group()
+    return ENV_ESCAPES.get(sequence, sequence)
+
+
+def interpolate(text: str, lookup, where: str) -> str:
+    """${VAR}, $VAR, ${VAR:-default}, ${VAR-default}, ${VAR:+other}, ${VAR+other},
+    ${VAR:?error}, ${VAR?error} and $$ (a literal $), as Compose replaces them."""
+    out, at = [], 0
+    while True:
+        dollar = text.find("$", at)
+        if dollar < 0:
+            return "".join(out) + text[at:]
+        out.append(text[at:dollar])
+        after = dollar + 1
+        named = VARIABLE_NAME.match(text, after)
+        if text.startswith("$", after):
+            out.append("$")
+            at = after + 1
+        elif named:
+            out.append(lookup(named.group()) or "")
+            at = named.end()
+        elif text.startswith("{", after):
+            depth, close = 0, None
+            for index in range(after, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[index], 0)
+                if depth == 0:
+                    close = index
+                    break
+            braced = BRACED_VARIABLE.fullmatch(text, after + 1, close) if close else None
+            if not braced:
+                raise EnvError(
+                    f"{where}: {text[dollar : close + 1 if close else None]!r} is not a variable Compose can replace",
+                    "write $$ for a literal $",
+                )
+            name, operator, argument = braced.groups()
+            value = lookup(name)
+            is_set = value is not None and (value != "" or ":" not in (operator or ""))
+            if operator in (":-", "-"):
+                out.append(value if is_set else interpolate(argument, lookup, where))
+            elif operator in (":+", "+"):
+                out.append(interpolate(argument, lookup, where) if is_set else "")
+            elif operator in (":?", "?") and not is_set:
+                raise EnvError(f"{where}: {name} is required ({argument or 'not set'})", f"set {name}")
+            else:
+                out.append(value or "")
+            at = close + 1
+        else:
+            out.append("$")
+            at = after
+
+
+def env_entries(text: str, environ: dict[str, str] | None = None, name: str = ".env") -> list[tuple[int, str, str]]:
+    """(line number, key, value) of each setting in the text of .env (or of the file
+    `name`), in order, read as Compose reads it (above); environ (the shell's, by
+    default) fills ${VAR} before earlier settings do. EnvError names the line Compose
+    would refuse."""
+    environ = os.environ if environ is None else environ
+    entries: list[tuple[int, str, str]] = []
+    values: dict[str, str] = {}
+
+    def lookup(name: str) -> str | None:
+        return environ[name] if name in environ else values.get(name)
+
+    at = 1 if text.startswith("\ufeff") else 0  # a byte order mark, as Windows editors write
+    while True:
+        # The next statement: past blank space, line breaks and comment lines.
+        while at < len(text) and (text[at].isspace() or text[at] == "#"):
+            at = text.find("\n", at) if text[at] == "#" else at + 1
+            if at < 0:
+                return entries
+        if at >= len(text):
+            return entries
+        number = text.count("\n", 0, at) + 1
+        where = f"`{name}` line {number}"
+        if re.match(r"export\s", text[at:]):
+            at += len("export")
+            while at < len(text) and text[at] in ENV_SPACE:
+                at += 1
+        start = at
+        while at < len(text) and text[at] not in "=:\n":
+            if text[at] not in ENV_SPACE and not ENV_KEY_CHARS.fullmatch(text[at]):
+                line = text[start:].split("\n", 1)[0]
+                raise EnvError(
+                    f"{where}: {line!r} is not KEY=value (a key holds letters, digits and _ . -)",
+                    "correct that line, or put # before it",
+                )
+            at += 1
+        key = text[start:at].rstrip()
+        if " " in key:
+            raise EnvError(f"{where}: the key {key!r} holds a space", "remove the space")
+        separator = text[at] if at < len(text) else "\n"
+        at += 1
+        if separator == "\n":  # a key alone: the shell's value, if it has one
+            if key in environ:
+                values[key] = environ[key]
+                entries.append((number, key, environ[key]))
+            continue
+        while at < len(text) and text[at] in ENV_SPACE:
+            at += 1
+        quote = text[at] if at < len(text) and text[at] in "'\"" else ""
+        if not quote:
+            end = text.find("\n", at)
+            end = len(text) if end < 0 else end
+            value = interpolate(text[at:end].split(" #", 1)[0].rstrip(), lookup, where)
+            at = end
+        else:
+            chars, escaped, index = [], False, at + 1
+            while index < len(text):
+                char = text[index]
+                if char == quote and not escaped:
+                    break
+                if char == "\\" and not escaped:
+                    escaped = True
+                else:
+                    chars.append("\\" + char if escaped and char != quote else char)
+                    escaped = False
+                index += 1
+            else:
+                raise EnvError(f"{where}: the value of {key} has no closing {quote}", f"add the closing {quote}")
+            value = "".join(chars)
+            if quote == '"':
+                value = interpolate(ENV_ESCAPE.sub(env_escape, value), lookup, where)
+            at = index + 1
+        values[key] = value
+        entries.append((number, key, value))
+
+
+def parse_env(text: str, environ: dict[str, str] | None = None, name: str = ".env") -> dict[str, str]:
+    """The settings in .env text as Compose reads them (the last one of a key wins)."""
+    return {key: value for _, key, value in env_entries(text, environ, name)}
 
 
 def env_line_numbers(text: str) -> dict[str, int]:
@@ -124,17 +301,40 @@ def not_utf8_fix(name: str) -> str:
     return f"save {name} as UTF-8 (retype those characters in your editor)"
 
 
+def read_bytes(path: Path) -> bytes:
+    """A settings file's bytes; EnvError with the fix when it cannot be read: a folder
+    (Docker makes one where a bind mount names a missing file), another user's file."""
+    name = path.name
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise EnvError(
+            f"`{name}` is a folder, not a settings file", f"remove it (rm -r {name}), then run make up again"
+        ) from None
+    except PermissionError:
+        owner = path.stat().st_uid if path.exists() else "?"
+        raise EnvError(
+            f"`{name}` cannot be read by you (it belongs to uid {owner})",
+            f"sudo chown $(id -u):$(id -g) {name} && chmod 600 {name}",
+        ) from None
+    except OSError as error:
+        raise EnvError(
+            f"`{name}` cannot be read ({error.strerror})", f"remove it or restore it: ls -l {name}"
+        ) from None
+
+
 def read_text(path: Path) -> str:
     """A settings file's text; EnvError naming the lines that are not UTF-8 (rewriting
     the file would lose their bytes, and Compose may read them otherwise than this script)."""
-    text, not_utf8 = decode_env(path.read_bytes())
+    text, not_utf8 = decode_env(read_bytes(path))
     if not_utf8:
-        raise EnvError(f"{not_utf8_problem(path.name, not_utf8)}; {not_utf8_fix(path.name)}")
+        raise EnvError(not_utf8_problem(path.name, not_utf8), not_utf8_fix(path.name))
     return text
 
 
 def read_env() -> dict[str, str]:
-    return parse_env(read_text(ENV)) if ENV.is_file() else {}
+    """.env's settings ({} when there is none); EnvError when it cannot be read."""
+    return parse_env(read_text(ENV)) if os.path.lexists(ENV) else {}
 
 
 def port_number(value: str) -> int | None:
@@ -388,7 +588,7 @@ def sync_container_user(quiet: bool = False) -> None:
 
 
 def has_driver() -> bool:
-    return bool(shutil.which("nvidia-smi")) and (run(["nvidia-smi", "-L"], timeout=10) or FAILED).returncode == 0
+    return (nvidia_smi("-L") or FAILED).returncode == 0
 
 
 def fresh_values(example: dict[str, str], overrides: dict[str, str]) -> tuple[dict[str, str], list[str]]:
@@ -457,24 +657,70 @@ def write_private(path: Path, text: str) -> None:
 
 
 def write_replacing(path: Path, text: str, mode: int) -> None:
-    """Write a file through a new temporary one renamed over it: a link in its place (or
-    in the temporary's) is replaced, never written through, even by root."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if os.path.lexists(tmp):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    give_to_project_owner(tmp)
-    os.replace(tmp, path)
+    """Write a file through a new temporary one renamed over it: a link in its place is
+    replaced, never written through, even by root. The temporary's name is new each
+    time (O_EXCL), so runs at once never share one, and it is gone if writing fails."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        give_to_project_owner(Path(name))
+        os.replace(name, path)
+    except BaseException:
+        os.unlink(name)
+        raise
+
+
+@contextlib.contextmanager
+def settings_lock():
+    """Runs at once (the dev container's initializeCommand beside `make up`) take turns
+    writing .env and the GPU file, so a fresh clone gets one .env and one token: a lock
+    on the project folder itself, so nothing is left behind."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(PROJECT, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def protect_env() -> None:
+    """.env holds the Jupyter token, the only barrier to Jupyter for every user of this
+    host: a copy or a chmod that lets others read it is set back to 600, with a note."""
+    if not ENV.is_file():
+        return
+    mode = stat.S_IMODE(ENV.stat().st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(ENV, 0o600)
+    except OSError:
+        raise EnvError(
+            f"`.env` holds the Jupyter token and others may read it (mode {mode:o})", "chmod 600 .env, as its owner"
+        ) from None
+    print(f"note: .env was readable by others (mode {mode:o}) and holds the Jupyter token: set to 600", file=sys.stderr)
+
+
+def setting(env: dict[str, str], key: str) -> str:
+    """A setting as Compose takes it: the shell's environment first, then .env."""
+    return os.environ[key] if key in os.environ else env.get(key, "")
+
+
+def jupyter_url(env: dict[str, str]) -> str:
+    token = urllib.parse.quote(setting(env, "JUPYTER_TOKEN"), safe="")
+    return f"http://127.0.0.1:{setting(env, 'JUPYTER_HOST_PORT')}/lab?token={token}"
 
 
 def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> str:
     """Create .env from .env.example, or append the keys it lacks. Returns what happened:
     "created", "completed" or "kept"."""
     example_text = read_text(EXAMPLE)
-    example = parse_env(example_text)
-    if not ENV.is_file():
+    example = parse_env(example_text, name=EXAMPLE.name)
+    if not os.path.lexists(ENV):
         values, notes = fresh_values(example, overrides or {})
         lines = []
         for line in example_text.splitlines():
@@ -551,9 +797,7 @@ def parse_gpu_devices(value: str) -> list[str] | None:
 
 def host_gpus() -> list[dict] | None:
     """The host's GPUs and MIG devices (nvidia-smi -L), or None without a driver."""
-    if not shutil.which("nvidia-smi"):
-        return None
-    listing = run(["nvidia-smi", "-L"])
+    listing = nvidia_smi("-L")
     if listing is None or listing.returncode != 0:
         return None
     gpus: list[dict] = []
@@ -712,23 +956,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preflight", action="store_true", help="also refuse what would fail once Docker starts")
     parser.add_argument("--quiet", action="store_true", help="print nothing unless something is wrong")
     parser.add_argument("--compose", action="store_true", help="only print the compose command for this engine")
+    parser.add_argument("--get", metavar="KEY", help="only print one setting, as Compose takes it (shell, then .env)")
+    parser.add_argument("--jupyter-url", action="store_true", help="only print Jupyter's address with the token")
     args = parser.parse_args(argv)
     if args.compose:
         print(compose_command())
         return 0
+    if args.get or args.jupyter_url:
+        try:
+            env = read_env()
+        except EnvError as error:
+            print(f"ERROR: {error}", file=sys.stderr)
+            return 1
+        print(setting(env, args.get) if args.get else jupyter_url(env))
+        return 0
     try:
-        ensure_env(quiet=args.quiet)
-        sync_container_user(quiet=args.quiet)
-        env = {**read_env(), **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
+        with settings_lock():
+            ensure_env(quiet=args.quiet)
+            sync_container_user(quiet=args.quiet)
+            protect_env()
+            env = {**read_env(), **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
+            problem = gpu_devices_problem(env)
+            if problem is None:
+                write_gpu_file(env)
     except EnvError as error:
         # Nothing is written from a file this script cannot read; as with GPU_DEVICES
         # below, only starting is refused.
         print(f"{'ERROR' if args.preflight else 'WARNING'}: {error}", file=sys.stderr)
         return 1 if args.preflight else 0
-    problem = gpu_devices_problem(env)
-    if problem is None:
-        write_gpu_file(env)
-    elif not args.preflight:
+    if problem is not None and not args.preflight:
         # Stopping, removing or entering what runs must still work; only starting is refused.
         print(f"WARNING: {problem}", file=sys.stderr)
         return 0

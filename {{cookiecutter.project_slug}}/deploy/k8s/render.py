@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if not setup_env.ENV.is_file():
             raise ValuesError("no .env in the project: `python3 docker/setup_env.py` (any `make` target) writes it")
         env = setup_env.parse_env(setup_env.read_text(setup_env.ENV))
-        values = setup_env.parse_env(setup_env.read_text(args.values))
+        values = setup_env.parse_env(setup_env.read_text(args.values), name=args.values.name)
         documents = manifests(settings(env, values))
     except (ValuesError, setup_env.EnvError, OSError) as error:
         print(f"deploy/k8s/render.py: {error}", file=sys.stderr)
