@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import env_values, fake_bin, run
-from test_push import DIGEST, REGISTRY, committed, docker_calls, make_push, user_env
+from test_push import DIGEST, REGISTRY, committed, docker_calls, make_push, tag_of, user_env
 
 SETUP = [sys.executable, "docker/setup_env.py"]
 
@@ -166,7 +166,7 @@ def test_push_reads_a_quoted_registry_with_a_comment(project, tmp_path):
     result = make_push(project, user_env(tmp_path, project))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Image: {REGISTRY}/{project.name}@{DIGEST}" in result.stdout
-    assert f"push {REGISTRY}/{project.name}:{commit[:12]}" in docker_calls(tmp_path)
+    assert f"push {REGISTRY}/{project.name}:{tag_of(project, commit)}" in docker_calls(tmp_path)
 
 
 def test_the_shell_scripts_read_env_through_setup_env_only(project):

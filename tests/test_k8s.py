@@ -286,7 +286,7 @@ def test_the_image_is_the_one_make_push_pushes(project):
         assert run([*git, *cmd], cwd=project, env=GIT_ENV).returncode == 0
     head = run(["git", "rev-parse", "HEAD"], cwd=project, env=GIT_ENV).stdout.strip()
     pushed = run(["sh", "docker/push", "--ref"], cwd=project, env=GIT_ENV).stdout.strip()
-    assert pushed == f"{REGISTRY}/{project.name}:{head[:12]}"
+    assert re.fullmatch(rf"{re.escape(REGISTRY)}/{project.name}:{head[:12]}-u\d+-g\d+-[0-9a-f]{{8}}", pushed)
     assert parts(rendered(project))[3]["image"] == pushed
     (project / "README.md").write_text("changed\n")  # not in the image: the same tag
     assert parts(rendered(project))[3]["image"] == pushed

@@ -1,14 +1,18 @@
 """`make push` and the cluster image (issue #17): the Dockerfile's `cluster` stage, the
-tag scheme (REGISTRY/NAME:COMMIT, -dirty with uncommitted changes) and docker/push's
-messages with a stand-in `docker` (fast); a real push to a local registry and a pull
+tag scheme (REGISTRY/NAME:COMMIT-uUID-gGID-BASE; the image holds the commit's code only:
+other code is refused, -dirty in --ref) and docker/push's messages and signals with a
+stand-in `docker` (fast); a real push to a local registry and a pull
 back by digest, and the code stage built on the real engine (Docker tier)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -75,6 +79,18 @@ def env_file(project: Path) -> dict[str, str]:
 def repository(project: Path) -> str:
     """The name the image is pushed under: the project's, the same from every clone."""
     return project.name
+
+
+def tag_of(project: Path, commit: str, **env: str) -> str:
+    """The tag a push of this commit gets: the commit, the container user's ids and a
+    digest of the base image (from the environment given, else .env, else the Dockerfile)."""
+    settings = {**env_file(project), **env}
+    base = (
+        settings.get("BASE_IMAGE")
+        or re.search(r"^ARG BASE_IMAGE=(.+)$", (project / "Dockerfile").read_text(), re.MULTILINE)[1]
+    )
+    base_digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    return f"{commit[:12]}-u{settings['USER_UID']}-g{settings['USER_GID']}-{base_digest}"
 
 
 def local_name(project: Path) -> str:
@@ -210,7 +226,7 @@ def test_push_builds_tags_pushes_and_prints_the_digest(project, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     name = repository(project)
     assert name == "gpu_lab" and local_name(project) != name
-    ref = f"{REGISTRY}/{name}:{commit[:12]}"
+    ref = f"{REGISTRY}/{name}:{tag_of(project, commit)}"
     local = f"{local_name(project)}:dev-cluster"
     assert docker_calls(tmp_path) == [
         "compose --profile cluster build cluster",
@@ -225,26 +241,99 @@ def test_push_builds_tags_pushes_and_prints_the_digest(project, tmp_path):
     assert run(["sh", "docker/push", "--ref"], cwd=project, env=user_env(tmp_path, project)).stdout == f"{ref}\n"
 
 
-def test_uncommitted_changes_tag_the_image_dirty_and_are_listed(project, tmp_path):
+def test_uncommitted_code_is_refused_and_named_and_is_dirty_in_the_ref(project, tmp_path):
     commit = committed(project)
     set_env(project, REGISTRY=REGISTRY)
     (project / "src" / "gpu_lab" / "model.py").write_text("LAYERS = 3\n")
+    (project / "uv.lock").write_text((project / "uv.lock").read_text() + "\n")
     result = make_push(project, user_env(tmp_path, project))
-    assert result.returncode == 0, result.stdout + result.stderr
-    ref = f"{REGISTRY}/{repository(project)}:{commit[:12]}-dirty"
-    assert f"Pushed {ref}" in result.stdout
-    assert f"WARNING: the project has uncommitted changes, so the image is tagged {commit[:12]}-dirty" in result.stderr
-    assert "  ?? src/gpu_lab/model.py" in result.stderr
-    assert "scratch" not in result.stderr and "values.env" not in result.stderr
+    assert result.returncode != 0 and "Pushed" not in result.stdout
+    assert "ERROR: `make push` builds the cluster image from the commit, and these files" in result.stderr
+    assert "  ?? src/gpu_lab/model.py" in result.stderr and " M uv.lock" in result.stderr
+    assert docker_calls(tmp_path) == []  # refused before anything is built
+    ref = f"{REGISTRY}/{repository(project)}:{tag_of(project, commit)}-dirty"
     assert run(["sh", "docker/push", "--ref"], cwd=project, env=user_env(tmp_path, project)).stdout == f"{ref}\n"
     # Files the image does not hold are no change to it: a notebook, the cluster files.
     (project / "notebooks" / "scratch.ipynb").write_text("{}\n")
     (project / "deploy" / "k8s" / "values.env").write_text("NODES=4\n")
-    # Ignored files (.env, the GPU file, caches) are no change: committing makes it clean.
+    # Ignored files outside the image (.env, the GPU file) and caches are none either.
+    (project / "src" / "gpu_lab" / "__pycache__").mkdir()
+    (project / "src" / "gpu_lab" / "__pycache__" / "model.cpython-312.pyc").write_bytes(b"\0")
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "Model")
-    clean = run(["sh", "docker/push", "--ref"], cwd=project, env=user_env(tmp_path, project)).stdout
-    assert re.fullmatch(rf"{re.escape(REGISTRY)}/{repository(project)}:[0-9a-f]{{12}}\n", clean)
+    clean = make_push(project, user_env(tmp_path, project))
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert (
+        f"Pushed {REGISTRY}/{repository(project)}:{tag_of(project, git(project, 'rev-parse', 'HEAD'))}\n"
+        in clean.stdout
+    )
+
+
+def test_git_ignored_files_the_image_would_hold_are_refused_and_named(project, tmp_path):
+    """A secret the user keeps out of git but under src/, and a copied .env: Docker's
+    context would take both into the cluster image."""
+    (project / ".gitignore").write_text((project / ".gitignore").read_text() + "secret.json\n")
+    committed(project)
+    set_env(project, REGISTRY=REGISTRY)
+    (project / "src" / "gpu_lab" / "secret.json").write_text('{"key": "hunter2"}\n')
+    (project / "src" / ".env").write_text((project / ".env").read_text())
+    result = make_push(project, user_env(tmp_path, project))
+    assert result.returncode != 0 and docker_calls(tmp_path) == []
+    assert "  !! src/gpu_lab/secret.json" in result.stderr and "  !! src/.env" in result.stderr
+    assert "out of src/ and docker/" in result.stderr
+    assert run(["sh", "docker/push", "--ref"], cwd=project, env=user_env(tmp_path, project)).stdout.endswith("-dirty\n")
+
+
+def test_teammates_pushing_one_commit_get_tags_of_their_own(project, tmp_path):
+    """Another uid, gid or base image builds another image: it gets another tag, never the
+    same one pushed over."""
+    commit = committed(project)
+    set_env(project, REGISTRY=REGISTRY)
+
+    def ref(**env: str) -> str:
+        return run(["sh", "docker/push", "--ref"], cwd=project, env=user_env(tmp_path, project, **env)).stdout.strip()
+
+    mine = ref()
+    others = {ref(USER_UID="4321"), ref(USER_GID="4321"), ref(BASE_IMAGE="mirror.example.com/nvidia/cuda:13.0.1-base")}
+    assert len({mine, *others}) == 4
+    assert all(tag.startswith(f"{REGISTRY}/{repository(project)}:{commit[:12]}-u") for tag in {mine, *others})
+    assert ref(USER_UID="4321").endswith(tag_of(project, commit, USER_UID="4321"))
+
+
+@pytest.mark.parametrize(("signal_number", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("step", ["build", "push"])
+def test_a_signal_stops_the_build_or_the_push_at_once(project, tmp_path, step, signal_number, status):
+    """SIGTERM (a job's cancel) or Ctrl-C during the build or the push: the script stops
+    at once with 143 or 130, stops the step, and claims nothing."""
+    committed(project)
+    set_env(project, REGISTRY=REGISTRY)
+    started = tmp_path / "started"
+    slow = FAKE_DOCKER.replace(
+        'echo "$*" >>"$FAKE_DOCKER_LOG"\n',
+        f'echo "$*" >>"$FAKE_DOCKER_LOG"\ncase "$1" in {"compose" if step == "build" else "push"}) '
+        f'echo $$ >"{started}"; exec sleep 60 ;; esac\n',
+    )
+    env = user_env(tmp_path, project)
+    (tmp_path / "slow").mkdir()
+    env["PATH"] = f"{fake_bin(tmp_path / 'slow', docker=slow)}{os.pathsep}{env['PATH']}"
+    with subprocess.Popen(
+        ["sh", "docker/push"], cwd=project, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    ) as push:  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not (started.exists() and started.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), "the stand-in never started"
+        sent = time.monotonic()
+        push.send_signal(signal_number)  # the script alone, as `kill PID` or a job's cancel sends it
+        out, err = push.communicate(timeout=10)
+        assert time.monotonic() - sent < 3
+    assert push.returncode == status, out + err
+    assert "stopped" in err and "Pushed" not in out and "digest" not in err
+    stand_in = Path(f"/proc/{started.read_text().strip()}/stat")
+    time.sleep(0.2)
+    # The step was stopped too, not left running (gone, or a zombie waiting for init).
+    assert not stand_in.exists() or stand_in.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_docker_compose_v1_pushes_with_the_docker_cli(project, tmp_path):
@@ -427,8 +516,14 @@ def test_push_to_a_local_registry_and_pull_back_by_digest(docker_env, registry, 
     """make push of a small image (the cluster stage itself needs the framework: the code
     stage is built below), then the image pulled back by the printed digest alone."""
     cli = docker_env.cli
+    # The lab's registry from the committed team.env: a fresh clone's push, nothing typed.
+    with (project / "team.env").open("a") as team:
+        team.write(f"REGISTRY={registry}/team\n")
+    (project / ".env").unlink()
     commit = committed(project)
-    set_env(project, REGISTRY=f"{registry}/team")
+    assert (
+        run([sys.executable, "docker/setup_env.py"], cwd=project, env=engine_env(docker_env, project)).returncode == 0
+    )
     name = repository(project)
     local = f"{local_name(project)}:dev-cluster"
     marker = uuid.uuid4().hex
@@ -445,7 +540,7 @@ def test_push_to_a_local_registry_and_pull_back_by_digest(docker_env, registry, 
             cwd=project, env=engine_env(docker_env, project), stdin=subprocess.DEVNULL,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
-        ref = f"{registry}/team/{name}:{commit[:12]}"
+        ref = f"{registry}/team/{name}:{tag_of(project, commit)}"
         assert f"Pushed {ref}" in result.stdout
         [image] = re.findall(rf"^Image: ({re.escape(registry)}/team/{re.escape(name)}@sha256:[0-9a-f]{{64}})$",
                              result.stdout, re.MULTILINE)  # fmt: skip

@@ -14,6 +14,7 @@ checkpoints/. With SLURM_TEST_IMAGE=IMAGE the project's own docker/train runs in
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -323,7 +324,10 @@ def test_the_image_is_the_one_make_push_tags(project_copy, tmp_path):
     git(project_copy, "commit", "-qm", "first")
     commit = git(project_copy, "rev-parse", "HEAD")[:12]
     # The project's name, not this clone's IMAGE_NAME: every teammate pushes to one repository.
-    image = f"registry.example.com/team/{SLUG}:{commit}"
+    ids = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if line.startswith("USER_"))
+    base = re.search(r"^ARG BASE_IMAGE=(.+)$", (project_copy / "Dockerfile").read_text(), re.MULTILINE)[1]
+    inputs = f"u{ids['USER_UID']}-g{ids['USER_GID']}-{hashlib.sha256(base.encode()).hexdigest()[:8]}"
+    image = f"registry.example.com/team/{SLUG}:{commit}-{inputs}"
     assert f" IMAGE={image} " in printed(launch(project_copy, "job", env, tmp_path))
     # Files the image does not hold leave the tag: the job's own log (git-ignored too),
     # notes, an edited batch script.

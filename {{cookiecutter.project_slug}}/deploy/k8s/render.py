@@ -102,8 +102,8 @@ def quantity(size: str) -> str:
 
 def pushed_image() -> str:
     """The reference `make push` gives this checkout's image, from docker/push itself (the
-    one computation of it): REGISTRY/{{ cookiecutter.project_slug }}:COMMIT, REGISTRY from .env, COMMIT the
-    commit's first 12 hex digits, -dirty with uncommitted changes to what the image holds."""
+    one computation of it): REGISTRY/{{ cookiecutter.project_slug }}:COMMIT-uUID-gGID-BASE, REGISTRY from
+    .env; -dirty, a name no push gives, with uncommitted changes to what the image holds."""
     result = setup_env.run(["sh", str(PROJECT / "docker" / "push"), "--ref"])
     if result is None or result.returncode != 0:
         reason = result.stderr.strip() if result is not None else "sh docker/push --ref did not run"
@@ -111,8 +111,8 @@ def pushed_image() -> str:
     image = result.stdout.strip()
     if image.endswith("-dirty"):
         print(
-            f"deploy/k8s/render.py: note: {image} is the image of this tree's uncommitted changes: "
-            "`make push` pushes it, or commit and push for a tag that names a commit",
+            f"deploy/k8s/render.py: note: {image} names this tree's uncommitted changes, which no push "
+            "gives: commit them and `make push`, then render again",
             file=sys.stderr,
         )
     return image
