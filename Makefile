@@ -17,10 +17,10 @@ $(BIN)/pytest: requirements-dev.txt
 project: $(BIN)/pytest ## Generate a project with the default answers into build/
 	$(BIN)/cookiecutter --no-input . --output-dir $(OUTPUT_DIR)
 
-test: $(BIN)/pytest ## Run every test (the Docker tier skips without an engine, unless REQUIRE_DOCKER=1)
+test: $(BIN)/pytest ## Run the tests (about 7 min); RUN_DOCKER_TESTS=1 adds the Docker tier (about 50 min, 6-7 GB images)
 	$(BIN)/python -m pytest
 
-test-fast: $(BIN)/pytest ## Everything but the Docker tier (seconds)
+test-fast: $(BIN)/pytest ## Everything but the Docker tier, even with RUN_DOCKER_TESTS=1 (about 7 min)
 	$(BIN)/python -m pytest -m "not docker"
 
 relock: $(BIN)/pytest ## Re-resolve every shipped lock (needs PyPI)

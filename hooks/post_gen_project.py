@@ -6,6 +6,7 @@ Reads as a decision table: main() calls one small named helper per decision.
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path, PurePosixPath
 
@@ -124,9 +125,20 @@ def first_lock_note(lock_shipped: bool) -> str:
     )
 
 
+def where_to_cd() -> str:
+    """The project as the user reaches it from the folder they ran cookiecutter in (the
+    shell's PWD, which the hook inherits): relative below it (`make project`:
+    build/gpu_lab), else the full path."""
+    start = os.environ.get("PWD", "")
+    if os.path.isabs(start) and os.path.isdir(start):
+        relative = os.path.relpath(PROJECT, start)
+        if not relative.startswith(".."):
+            return shlex.quote(relative)
+    return shlex.quote(str(PROJECT))
+
+
 def print_next_steps(env_written: bool, updatable: bool, lock_shipped: bool) -> None:
     host_port = ANSWERS["jupyter_host_port"]
-    slug = SLUG
     note = "" if env_written else "  (.env existed and was kept, token included)\n"
     if not updatable:
         note += (
@@ -138,7 +150,7 @@ def print_next_steps(env_written: bool, updatable: bool, lock_shipped: bool) -> 
 Project written to {PROJECT}
 {note}
 Next steps:
-  cd {slug}
+  cd {where_to_cd()}
   make doctor       # checks Docker, the NVIDIA driver and toolkit, the port, the folders
 {first_lock_note(lock_shipped)}  make up           # docker compose up --build -d (GPU host: NVIDIA Container Toolkit)
   make gpu-test     # which GPU and CUDA the framework uses, and the speedup

@@ -43,7 +43,6 @@ def build(table: dict) -> dict:
         "dependency_manager": first(defaults["dependency_manager"], table["dependency_managers"]),
         "readme_language": list(template_rules.README_LANGUAGES),
         "__dist_name": "{{ cookiecutter | derived('dist_name') }}",
-        "__image_name": "{{ cookiecutter | derived('image_name') }}",
         "__base_image": "{{ cookiecutter | derived('base_image') }}",
         "__min_driver": "{{ cookiecutter | derived('min_driver') }}",
         "__toolkit_driver": "{{ cookiecutter | derived('toolkit_driver') }}",

@@ -1,8 +1,9 @@
 """Shared fixtures: baking projects, and the Docker engine for the Docker tier.
 
-The Docker tier skips where no engine runs (a laptop without Docker); with
-REQUIRE_DOCKER=1 (set by .ci/run) a missing engine or base image fails instead,
-because a skipped Docker tier proves nothing about `docker compose up`.
+The Docker tier runs when asked (RUN_DOCKER_TESTS=1: it builds multi-GB images) and
+skips where no engine runs (a laptop without Docker); with REQUIRE_DOCKER=1 (set by
+.ci/run) it always runs, and a missing engine or base image fails instead, because a
+skipped Docker tier proves nothing about `docker compose up`.
 """
 
 from __future__ import annotations
@@ -255,6 +256,19 @@ def docker_required() -> bool:
     return os.environ.get("REQUIRE_DOCKER") == "1"
 
 
+# Where an engine runs, the Docker tier still waits to be asked: it builds a dozen
+# PyTorch and TensorFlow images of 6-7 GB on that engine (a shared one, often), so
+# `make test` must not start it by surprise.
+DOCKER_TIER_NOT_ASKED = (
+    "the Docker tier builds 6-7 GB images on your engine for about 50 min (2 cores): "
+    "RUN_DOCKER_TESTS=1 make test runs it"
+)
+
+
+def docker_tier_wanted() -> bool:
+    return docker_required() or os.environ.get("RUN_DOCKER_TESTS") == "1"
+
+
 def unavailable(reason: str):
     if docker_required():
         pytest.fail(f"Docker tier required (REQUIRE_DOCKER=1) but {reason}")
@@ -334,12 +348,15 @@ def pytest_collection_modifyitems(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
-    if os.environ.get("RUN_NETWORK_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="needs PyPI: set RUN_NETWORK_TESTS=1")
+    skips = {}
+    if os.environ.get("RUN_NETWORK_TESTS") != "1":
+        skips["network"] = pytest.mark.skip(reason="needs PyPI: set RUN_NETWORK_TESTS=1")
+    if not docker_tier_wanted():
+        skips["docker"] = pytest.mark.skip(reason=DOCKER_TIER_NOT_ASKED)
     for item in items:
-        if "network" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter):

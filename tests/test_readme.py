@@ -8,8 +8,10 @@ READMEs must hold exactly the same blocks, so running the English ones runs both
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -127,6 +129,34 @@ def test_the_quick_start_is_what_ci_runs():
     assert generate == "make project"
 
 
+def test_make_test_leaves_the_docker_tier_until_asked(tmp_path):
+    """The quick start's `make test` on a machine with an engine: the Docker tier is
+    skipped, saying how to run it, and no docker command runs (a stand-in records any)."""
+    calls = tmp_path / "docker-calls"
+    docker = tmp_path / "docker"
+    docker.write_text(f'#!/bin/sh\necho "$*" >>"{calls}"\nexit 1\n')  # an engine that is down
+    docker.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if key not in ("REQUIRE_DOCKER", "RUN_DOCKER_TESTS")}
+    env["DOCKER"] = str(docker)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_docker_user.py",
+         f"--basetemp={tmp_path / 'run'}"],
+        cwd=TEMPLATE, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" not in result.stdout and " skipped" in result.stdout
+    assert "RUN_DOCKER_TESTS=1 make test runs it" in result.stdout
+    assert not calls.exists()
+    asked = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_docker_user.py",
+         f"--basetemp={tmp_path / 'asked'}"],
+        cwd=TEMPLATE, env={**env, "RUN_DOCKER_TESTS": "1"}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    # Asked: the tier goes to the engine (this one does not answer, so it skips, saying so).
+    assert asked.returncode == 0 and "no Docker engine answers" in asked.stdout
+    assert calls.read_text().splitlines()[0] == "info"
+
+
 @pytest.mark.network
 def test_the_quick_start_generates_a_project_on_a_fresh_clone(tmp_path):
     """`make project` in a fresh clone: it installs the pinned tools, then generates."""
@@ -139,3 +169,22 @@ def test_the_quick_start_generates_a_project_on_a_fresh_clone(tmp_path):
     project = clone / "build" / "gpu_lab"
     assert (project / "README.md").is_file() and (project / ".env").is_file()
     assert f"Project written to {project}" in result.stdout
+    assert "\n  cd build/gpu_lab\n" in result.stdout  # where it is from the clone, not `cd gpu_lab`
+
+
+@pytest.mark.parametrize(("output", "shown"), [("build", "build/gpu_lab"), ("{outside}", "{outside}/gpu_lab")])
+def test_the_next_steps_cd_into_the_project_from_where_cookiecutter_ran(tmp_path, output, shown):
+    """The printed `cd` works in the shell that ran cookiecutter: relative below its
+    folder, the full path elsewhere."""
+    here, outside = tmp_path / "here", tmp_path / "outside"
+    here.mkdir()
+    output, shown = output.format(outside=outside), shown.format(outside=outside)
+    cookiecutter = Path(sys.executable).parent / "cookiecutter"
+    result = subprocess.run(
+        [str(cookiecutter), "--no-input", "-o", output, str(TEMPLATE)],
+        cwd=here, env={**os.environ, "PWD": str(here)}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [cd] = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("cd ")]
+    assert cd == f"cd {shown}"
+    assert (here / shown / "Makefile").is_file()

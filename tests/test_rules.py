@@ -43,7 +43,6 @@ def test_derived_values_for_the_defaults():
     cuda = TABLE["cuda"]["13.0"]
     assert derived == {
         "dist_name": "gpu-lab",
-        "image_name": "gpu_lab:dev",
         "min_driver": TABLE["cuda_majors"]["13"]["min_driver"],
         "toolkit_driver": cuda["toolkit_driver"],
         "require_cuda": "cuda>=13.0",

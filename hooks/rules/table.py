@@ -145,7 +145,6 @@ def derive(answers: dict, table: dict | None = None) -> dict:
     slug = str(answers.get("project_slug", ""))
     derived = {
         "dist_name": slug.replace("_", "-"),
-        "image_name": f"{slug}:dev" if slug else "",
         "min_driver": min_driver(table, cuda_version) if cuda else "",
         "toolkit_driver": cuda.get("toolkit_driver", ""),
         "require_cuda": cuda_major(table, cuda_version)["require_cuda"] if cuda else "",
