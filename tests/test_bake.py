@@ -64,6 +64,7 @@ COMMON_FILES = {
     "ruff.toml",
     "src/gpu_lab/__init__.py",
     "src/gpu_lab/train.py",
+    "team.env",
 }
 MANAGERS = ["uv", "pip", "poetry"]
 # Every combination the template offers: one shipped lock each.

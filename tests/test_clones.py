@@ -166,9 +166,9 @@ fi
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("0,,1", "is not `all` or a comma-separated list"),
-        ("first", "is not `all` or a comma-separated list"),
-        ("0,0", "is not `all` or a comma-separated list"),
+        ("0,,1", "is not `auto`, `all` or a comma-separated list"),
+        ("first", "is not `auto`, `all` or a comma-separated list"),
+        ("0,0", "is not `auto`, `all` or a comma-separated list"),
         ("2", "names 2, which this host does not have"),
         ("GPU-deadbeef-0000-0000-0000-000000000000", "names GPU-deadbeef-0000-0000-0000-000000000000, which"),
     ],

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import slurm as slurm_cluster
-from conftest import BENCHMARKS, TEMPLATE, locked_pins, locked_version, make_wheel, run, template_rules
+from conftest import BENCHMARKS, TEMPLATE, env_values, locked_pins, locked_version, make_wheel, run, template_rules
 from cookiecutter.main import cookiecutter
 from engine import build_steps, layers, unique_bytes
 from test_bake import INPUT_EDIT
@@ -126,15 +126,54 @@ VARIANTS = [
 INSTALLED_MATCHES = (Path(__file__).parent / "docker" / "installed_matches.py").read_text()
 
 
-def project_on_engine(path: Path, answers: dict, docker_env, compose_file: str = "compose.yaml") -> RunningProject:
+def teammate_clone(path: Path, docker_env, out: Path) -> Path:
+    """A lab's project as a teammate gets it: the lab's base image and CA bundle (a file
+    committed with the project) in team.env, committed; then a fresh `git clone` (no
+    .env), owned by the project's user, whose first setup writes .env from team.env."""
+    settings = [f"BASE_IMAGE={docker_env.base_image}"]
+    if docker_env.ca_bundle:
+        (path / "certs").mkdir()
+        shutil.copyfile(docker_env.ca_bundle, path / "certs" / "lab-ca.pem")
+        settings.append("CA_BUNDLE=certs/lab-ca.pem")
+    with (path / "team.env").open("a") as team:
+        team.write("\n".join(settings) + "\n")
+    config = out / "gitconfig"
+    config.write_text("[user]\n\tname = Lab\n\temail = lab@example.com\n[safe]\n\tdirectory = *\n")
+    git_env = {**os.environ, "GIT_CONFIG_GLOBAL": str(config), "GIT_CEILING_DIRECTORIES": str(out)}
+    clone = out / "teammate" / path.name
+    for args, where in ((["init", "-q"], path), (["add", "-A"], path), (["commit", "-qm", "Lab settings"], path),
+                        (["clone", "-q", str(path), str(clone)], out)):  # fmt: skip
+        result = run(["git", *args], cwd=where, env=git_env)
+        assert result.returncode == 0, result.stderr
+    assert not (clone / ".env").exists()
+    if IS_ROOT:  # the project's user owns their clone, as after their own `git clone`
+        owner = path.stat()
+        for folder, dirs, files in os.walk(clone):
+            for name in [folder, *(os.path.join(folder, entry) for entry in dirs + files)]:
+                os.chown(name, owner.st_uid, owner.st_gid, follow_symlinks=False)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("COMPOSE_", "DOCKER_HOST"))}
+    for typed in ("BASE_IMAGE", "CA_BUNDLE", "REGISTRY"):
+        env.pop(typed, None)
+    setup = run([sys.executable, "docker/setup_env.py"], cwd=clone, env=env)
+    assert setup.returncode == 0 and "from team.env" in setup.stdout, setup.stdout + setup.stderr
+    return clone
+
+
+def project_on_engine(
+    path: Path, answers: dict, docker_env, compose_file: str = "compose.yaml", team: bool = False
+) -> RunningProject:
     """A generated project, set to build here: the stand-in base image, the CA bundle,
-    and no GPU file (this machine has no GPU), with the ids, port and token of its .env."""
+    and no GPU file (this machine has no GPU), with the ids, port and token of its .env.
+    team: a teammate's clone, which takes the base image and the CA from team.env."""
     lines = (path / ".env").read_text().splitlines()
     env_file = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
     env = {key: value for key, value in os.environ.items() if not key.startswith(("COMPOSE_", "DOCKER_HOST"))}
     env.update(COMPOSE_FILE=compose_file, BASE_IMAGE=docker_env.base_image, DOCKER_BUILDKIT="1")
     if docker_env.ca_bundle:
         env["CA_BUNDLE"] = docker_env.ca_bundle
+    if team:  # nothing typed: Compose takes both from .env, written from team.env
+        del env["BASE_IMAGE"]
+        env.pop("CA_BUNDLE", None)
     return RunningProject(
         path=path,
         env=env,
@@ -160,7 +199,12 @@ def project(request, docker_env, tmp_path_factory) -> RunningProject:
     out = tmp_path_factory.mktemp("docker")
     extra = {key: str(value) for key, value in answers.items()}
     path = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=extra, output_dir=str(out)))
-    running = project_on_engine(path, answers, docker_env)
+    # The default project is a teammate's clone of a lab's project: every test on it
+    # runs on what team.env gave its .env.
+    team = answers is VARIANTS[0].values[0]
+    if team:
+        path = teammate_clone(path, docker_env, out)
+    running = project_on_engine(path, answers, docker_env, team=team)
     try:
         start = time.monotonic()
         running.compose("--progress", "plain", "build")
@@ -970,6 +1014,49 @@ def test_allreduce_check_runs_on_two_processes_with_gloo(project):
 
 
 @pytest.mark.variants("default")
+def test_cpus_and_memory_reach_the_container(project):
+    """CPUS and MEMORY (.env, or the lab's team.env) bound the container; unset, nothing
+    is bounded."""
+
+    def limits() -> tuple[int, int]:
+        [container] = project.compose("ps", "-q", "lab").stdout.split()
+        inspect = run(
+            [project.docker, "inspect", container, "--format", "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}"]
+        )
+        cpus, memory = inspect.stdout.split()
+        return int(cpus), int(memory)
+
+    assert limits() == (0, 0)
+    bounded = {**project.env, "CPUS": "1.5", "MEMORY": "3g"}
+    try:
+        result = run([project.docker, "compose", "up", "-d", "--wait"], cwd=project.path, env=bounded)
+        assert result.returncode == 0, result.stderr
+        assert limits() == (1_500_000_000, 3 * 1024**3)
+    finally:
+        project.compose("up", "-d", "--wait")
+    assert limits() == (0, 0)
+
+
+@pytest.mark.variants("default")
+def test_a_teammates_clone_builds_with_the_labs_settings_from_team_env(project, docker_env):
+    """The default project is a fresh clone with the lab's settings only in the committed
+    team.env: it built (the fixture) from the lab's base image, through the lab's CA, with
+    nothing typed, and doctor says where each value came from."""
+    assert "BASE_IMAGE" not in project.env and "CA_BUNDLE" not in project.env
+    env = env_values(project.path / ".env")
+    assert env["BASE_IMAGE"] == docker_env.base_image
+    config = json.loads(project.compose("config", "--format", "json").stdout)
+    assert config["services"]["lab"]["build"]["args"]["BASE_IMAGE"] == docker_env.base_image
+    if docker_env.ca_bundle:  # without it, this network's proxy fails every download
+        assert env["CA_BUNDLE"] == "certs/lab-ca.pem"
+        assert config["secrets"]["ca_bundle"]["file"] == str(project.path / "certs" / "lab-ca.pem")
+    # The template's default base is Ubuntu (nvidia/cuda); the lab's stand-in is Debian.
+    assert "ID=debian" in project.exec("cat", "/etc/os-release").stdout
+    doctor = run([sys.executable, "docker/doctor.py"], cwd=project.path, env=project.env)
+    assert f"BASE_IMAGE={docker_env.base_image}  from team.env" in doctor.stdout, doctor.stdout
+
+
+@pytest.mark.variants("default")
 def test_the_readme_first_run_and_daily_commands_work(project, tmp_path):
     """The project README, as a newcomer follows it: every command block it gives for
     the first run and daily use, verbatim, in its order, on the real engine. (The CPU
@@ -1003,7 +1090,8 @@ def test_the_readme_first_run_and_daily_commands_work(project, tmp_path):
     assert http_status(url) == 200  # the printed address opens JupyterLab as it is
 
     run_block("pause")  # make stop, make start: the same container
-    wait_for_jupyter(project)
+    # `make start` returned once Jupyter answers, as `make up` does: no waiting here either.
+    assert http_status(f"http://127.0.0.1:{project.host_port}/api/status", project.token) == 200
     # The table's interactive commands, fed from a pipe as a person would type them.
     shell = run(["make", "shell"], cwd=project.path, env=env, input="id -u\npwd\nexit\n")
     assert shell.returncode == 0 and shell.stdout.split()[-2:] == [str(project.uid), "/workspace"], shell
@@ -1019,3 +1107,21 @@ def test_the_readme_first_run_and_daily_commands_work(project, tmp_path):
     run_block("cpu-only")
     wait_for_jupyter(project)
     assert project.exec("cat", "notebooks/readme-check.txt").stdout == "work\n"
+
+    # The last step (the project's images go): this clone's images, and no one else's.
+    label = f"dev.gpu-template.clone={project.compose_project}"
+    other = f"gpu-template-test-other-clone-{project.compose_project}:dev"
+    build = run(
+        [project.docker, "build", "-q", "-t", other, "--label", "dev.gpu-template.clone=another_clone", "-"],
+        input=f"FROM {env_values(project.path / '.env')['BASE_IMAGE']}\n",
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    try:
+        assert run([project.docker, "image", "ls", "-q", "--filter", f"label={label}"]).stdout.strip()
+        run_block("clean-images")
+        assert run([project.docker, "image", "ls", "-q", "--filter", f"label={label}"]).stdout.strip() == ""
+        assert not project.compose("ps", "-aq").stdout.strip()
+        assert run([project.docker, "image", "inspect", other]).returncode == 0  # another clone's stays
+        assert (project.path / "notebooks" / "readme-check.txt").read_text() == "work\n"
+    finally:
+        run([project.docker, "image", "rm", "-f", other])

@@ -48,7 +48,7 @@ DEFAULT_BASE_IMAGE = "{{ cookiecutter.__base_image }}"
 MIN_DOCKER = (20, 10)
 MIN_COMPOSE = (2, 20)
 # Files that run inside Linux: a Windows checkout with CRLF breaks them.
-LF_FILES = ["Dockerfile", "compose.yaml", "compose.gpu.yaml", "Makefile", ".env", ".env.example"]
+LF_FILES = ["Dockerfile", "compose.yaml", "compose.gpu.yaml", "Makefile", ".env", ".env.example", "team.env"]
 LF_DIRS = ["docker", ".devcontainer"]
 MIN_SHM_BYTES = 1 << 30
 # What nvidia-smi answers when it works (ASCII digits: anything else is no answer).
@@ -154,6 +154,31 @@ def check_env(doctor: Doctor, env: dict[str, str] | None) -> None:
             )
         else:
             doctor.ok(f".env's user ids match yours ({ids[0]}/{ids[1]})")
+
+
+def check_team_settings(doctor: Doctor, env: dict[str, str] | None) -> None:
+    """Where each of the lab's settings comes from: team.env (committed), this clone's
+    .env (which overrides it), your shell's environment (which overrides both, as
+    Compose takes it), or the template's default."""
+    try:
+        team = setup_env.read_team_env()
+    except setup_env.EnvError as error:
+        doctor.fail(error.problem, error.fix)
+        return
+    env = env or {}
+    for key in setup_env.TEAM_KEYS:
+        value = os.environ[key] if key in os.environ else env.get(key, "")
+        if key in os.environ:
+            where = "your shell's environment"
+        elif not value:
+            where = "the template's default"
+        elif key not in team:
+            where = ".env"
+        elif value == team[key]:
+            where = "team.env"
+        else:
+            where = f".env, overriding team.env's {team[key]!r}"
+        doctor.ok(f"{key}={value or '(unset)'}  from {where}")
 
 
 def docker_info() -> dict[str, str] | None:
@@ -473,15 +498,25 @@ def check_dev_char(doctor: Doctor, info: dict[str, str] | None, dev: Path | None
 
 def check_gpu_devices(doctor: Doctor, env: dict[str, str]) -> None:
     """GPU_DEVICES against the host's GPUs; each GPU with its memory and processes, which
-    of them this clone takes, and other running containers that hold the same ones."""
+    of them this clone takes (GPU_DEVICES=auto: its lease, or what `make up` would
+    lease), and other running containers that hold the same ones."""
     problem = setup_env.gpu_devices_problem(env)
     if problem:
         doctor.fail(problem, "correct GPU_DEVICES in .env (`nvidia-smi -L` lists the GPUs)")
         return
+    own = env.get("COMPOSE_PROJECT_NAME", "")
+    gpus = setup_env.gpu_usage()
+    holders = [holder for holder in setup_env.gpu_holders() if holder["project"] != own or not own]
     wanted = setup_env.parse_gpu_devices(env.get("GPU_DEVICES", "all")) or []
-    gpus = gpu_usage()
-    others = other_containers_gpus(env.get("COMPOSE_PROJECT_NAME", ""))
-    print("        GPUs (* = this clone takes it):")
+    if setup_env.is_auto(env):
+        try:
+            wanted = [gpu["uuid"] for gpu in setup_env.lease_gpus(env)]
+        except setup_env.LeaseError as error:
+            doctor.fail(str(error).split("\n")[0], "`make gpus` shows who holds which; lower GPU_COUNT, or wait")
+            wanted = ["none"]
+        print(f"        GPUs (* = this clone's lease, GPU_DEVICES=auto, GPU_COUNT={setup_env.gpu_count(env)}):")
+    else:
+        print("        GPUs (* = this clone takes it):")
     for gpu in gpus:
         mine = not wanted or gpu["index"] in wanted or gpu["uuid"] in wanted
         processes = (
@@ -491,52 +526,13 @@ def check_gpu_devices(doctor: Doctor, env: dict[str, str]) -> None:
             f"        {'*' if mine else ' '} {gpu['index']} {gpu['name']} {gpu['uuid']}: "
             f"{gpu['memory_used']} / {gpu['memory_total']} MiB used; {processes}"
         )
-        holders = [name for name, held in others.items() if held is None or gpu["index"] in held or gpu["uuid"] in held]
-        if mine and holders:
+        holding = [holder["name"] for holder in holders if setup_env.holds(holder, gpu)]
+        if mine and holding:
             doctor.warn(
-                f"GPU {gpu['index']} is also held by running container(s) {', '.join(holders)}",
-                "agree on GPUs with whoever runs them, and set GPU_DEVICES in .env to yours (e.g. GPU_DEVICES=1)",
+                f"GPU {gpu['index']} is also held by running container(s) {', '.join(holding)}",
+                "agree on GPUs with whoever runs them, and set GPU_DEVICES in .env to yours (e.g. GPU_DEVICES=1), "
+                "or GPU_DEVICES=auto to take free ones",
             )
-
-
-def gpu_usage() -> list[dict]:
-    """Each GPU with its memory use and the processes on it (nvidia-smi queries)."""
-    fields = "index,uuid,name,memory.used,memory.total"
-    smi = setup_env.nvidia_smi(f"--query-gpu={fields}", "--format=csv,noheader,nounits")
-    apps = setup_env.nvidia_smi(
-        "--query-compute-apps=gpu_uuid,pid,process_name,used_memory", "--format=csv,noheader,nounits"
-    )
-    processes: dict[str, list[dict]] = {}
-    for line in apps.stdout.splitlines() if apps is not None and apps.returncode == 0 else []:
-        cells = [cell.strip() for cell in line.split(",")]
-        if len(cells) == 4:
-            processes.setdefault(cells[0], []).append({"pid": cells[1], "name": cells[2], "memory": cells[3]})
-    gpus = []
-    for line in smi.stdout.splitlines() if smi is not None and smi.returncode == 0 else []:
-        cells = [cell.strip() for cell in line.split(",")]
-        if len(cells) == 5:
-            index, uuid, name, used, total = cells
-            gpus.append(
-                {"index": index, "uuid": uuid, "name": name, "memory_used": used, "memory_total": total,
-                 "processes": processes.get(uuid, [])}
-            )  # fmt: skip
-    return gpus
-
-
-def other_containers_gpus(own_project: str) -> dict[str, set[str] | None]:
-    """Running containers of other compose projects (or none) that hold GPUs: name ->
-    the GPU ids they asked for, None for all of them."""
-    held: dict[str, set[str] | None] = {}
-    for container in setup_env.docker_containers():
-        if own_project and setup_env.compose_project(container) == own_project:
-            continue
-        for request in (container.get("HostConfig") or {}).get("DeviceRequests") or []:
-            if "gpu" not in [cap for caps in request.get("Capabilities") or [] for cap in caps]:
-                continue
-            name = container.get("Name", "").lstrip("/")
-            ids = request.get("DeviceIDs") or []
-            held[name] = {part for gpu_id in ids for part in gpu_id.split(",")} if ids else None
-    return held
 
 
 def query_gpus() -> list[list[str]]:
@@ -733,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         print("doctor: the host")
         env = read_env(doctor)
         check_env(doctor, env)
+        check_team_settings(doctor, env)
         podman = (env or {}).get("ENGINE_MODE") == "podman"
         info = check_podman(doctor) if podman else check_docker(doctor)
         mode = check_engine(doctor, env)

@@ -12,6 +12,10 @@ fresh clone needs no hand-written .env.
                                              # shell's, else .env's): the scripts' one reader
     python3 docker/setup_env.py --jupyter-url  # only print Jupyter's address, token encoded
 
+A lab's shared settings (the base image, the CA bundle, the registry, GPU defaults) live
+in the committed team.env: a fresh clone's .env is written with them, and a key that is
+missing or empty in an older .env is taken from it; a value set in .env overrides it.
+
 An existing value in .env is never changed, except CONTAINER_USER and USERNS_MODE, which
 follow ENGINE_MODE (README "Docker without root"), and its mode, set back to 600 when others
 may read it (it holds the Jupyter token). Each clone gets its own compose project and
@@ -50,6 +54,10 @@ SLUG = "{{ cookiecutter.project_slug }}"
 ENV = PROJECT / ".env"
 EXAMPLE = PROJECT / ".env.example"
 GPU_FILE = PROJECT / "compose.gpu.yaml"
+TEAM_ENV = PROJECT / "team.env"
+# What team.env may set: what is the same for everyone in a lab. The other settings are
+# each person's or each clone's (ids, token, names, port, engine), and refused there.
+TEAM_KEYS = ("BASE_IMAGE", "CA_BUNDLE", "REGISTRY", "GPU_DEVICES", "GPU_COUNT", "CPUS", "MEMORY", "SHM_SIZE")
 # Keys whose value a clone must have and a copied .env.example leaves empty.
 FILLED = ("JUPYTER_TOKEN", "COMPOSE_PROJECT_NAME", "IMAGE_NAME")
 GPU_COMPOSE_FILE = "compose.yaml:compose.gpu.yaml"
@@ -626,6 +634,11 @@ def fresh_values(example: dict[str, str], overrides: dict[str, str]) -> tuple[di
         )
     elif not runtime:
         notes.append("Docker has no NVIDIA runtime: the project runs on the CPU (COMPOSE_FILE=compose.yaml)")
+    gpus = host_gpus() if runtime else None
+    if gpus and len(gpus) > 1 and "GPU_DEVICES" not in overrides:
+        # More than one GPU: a shared server, more often than not. Take free ones.
+        overrides = {**overrides, "GPU_DEVICES": "auto"}
+        notes.append(f"{len(gpus)} GPUs here: GPU_DEVICES=auto leases free ones at each `make up` (`make gpus`)")
     uid, gid = overrides.get("USER_UID", uid), overrides.get("USER_GID", gid)
     name = clone_name(SLUG, user_name(uid) or f"u{uid}", PROJECT)
     values = {
@@ -705,6 +718,56 @@ def protect_env() -> None:
     print(f"note: .env was readable by others (mode {mode:o}) and holds the Jupyter token: set to 600", file=sys.stderr)
 
 
+def read_team_env() -> dict[str, str]:
+    """The lab's settings from team.env (committed), without the empty ones; {} without
+    the file. EnvError for a key that is not the lab's to share."""
+    if not os.path.lexists(TEAM_ENV):
+        return {}
+    values = parse_env(read_text(TEAM_ENV), name=TEAM_ENV.name)
+    personal = [key for key in values if key not in TEAM_KEYS]
+    if personal:
+        raise EnvError(
+            f"team.env sets {', '.join(personal)}: team.env is for what the whole lab shares "
+            f"({', '.join(TEAM_KEYS)}), and these are each clone's own",
+            f"move {', '.join(personal)} from team.env to your .env",
+        )
+    return {key: value for key, value in values.items() if value}
+
+
+def take_team_settings(quiet: bool = False) -> list[str]:
+    """Copy into .env the team.env values that .env lacks or leaves empty (a fresh clone:
+    all of them); a value .env sets stays. Returns the keys taken."""
+    team = read_team_env()
+    current = read_env()
+    taken = {key: value for key, value in team.items() if not current.get(key)}
+    if not taken:
+        return []
+    lines = read_text(ENV).splitlines()
+    # The line Compose takes for each key (the last one) gets the value in place.
+    setting_lines = {line.partition("=")[0].strip(): number for number, line in enumerate(lines)
+                     if "=" in line and not line.lstrip().startswith("#")}  # fmt: skip
+    for key in taken.keys() & setting_lines.keys():
+        lines[setting_lines[key]] = f"{key}={env_quote(taken[key])}"
+    added = [key for key in taken if key not in setting_lines]
+    if added:
+        lines += ["# From team.env (the lab's settings; change a value here to override it for this clone):"]
+        lines += [f"{key}={env_quote(taken[key])}" for key in added]
+    write_private(ENV, "\n".join(lines) + "\n")
+    if not quiet:
+        print(f".env: took {', '.join(f'{key}={value}' for key, value in taken.items())} from team.env")
+    return list(taken)
+
+
+def env_quote(value: str) -> str:
+    """A value as a .env line holds it, read back the same by Compose and parse_env:
+    bare when it is plain, else in single quotes (no escapes, no interpolation)."""
+    if re.fullmatch(r"[\w@%+=:,./-]*", value):
+        return value
+    if "'" not in value and "\n" not in value:
+        return f"'{value}'"
+    raise EnvError(f"a team.env value holds a single quote or a line break: {value!r}", "simplify it in team.env")
+
+
 def setting(env: dict[str, str], key: str) -> str:
     """A setting as Compose takes it: the shell's environment first, then .env."""
     return os.environ[key] if key in os.environ else env.get(key, "")
@@ -722,6 +785,10 @@ def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> 
     example = parse_env(example_text, name=EXAMPLE.name)
     if not os.path.lexists(ENV):
         values, notes = fresh_values(example, overrides or {})
+        # The lab's values replace the template's defaults (GPU_DEVICES=all); the keys the
+        # template does not set (BASE_IMAGE) take_team_settings adds after.
+        team = {key: env_quote(value) for key, value in read_team_env().items() if key in example}
+        values.update({key: value for key, value in team.items() if key not in (overrides or {})})
         lines = []
         for line in example_text.splitlines():
             key = line.partition("=")[0].strip()
@@ -785,9 +852,10 @@ def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> 
 
 
 def parse_gpu_devices(value: str) -> list[str] | None:
-    """GPU_DEVICES as a list of ids, [] for "all", None when it is not valid."""
+    """GPU_DEVICES as a list of ids, [] for "all" and "auto" (leased at `make up`), None
+    when it is not valid."""
     value = value.strip()
-    if value.lower() == "all":
+    if value.lower() in ("all", "auto"):
         return []
     ids = [part.strip() for part in value.split(",")]
     if not ids or any(not GPU_ID.fullmatch(part) for part in ids) or len(set(ids)) != len(ids):
@@ -825,15 +893,156 @@ def gpu_devices_problem(env: dict[str, str]) -> str | None:
     ids = parse_gpu_devices(value)
     if ids is None:
         return (
-            f"GPU_DEVICES={value!r} in .env is not `all` or a comma-separated list of GPU indices, "
+            f"GPU_DEVICES={value!r} in .env is not `auto`, `all` or a comma-separated list of GPU indices, "
             "GPU UUIDs or MIG ids (as `nvidia-smi -L` shows them), e.g. GPU_DEVICES=0,1"
         )
+    if gpu_count(env) is None:
+        return f"GPU_COUNT={env.get('GPU_COUNT')!r} in .env is not a number of GPUs (1 or more), e.g. GPU_COUNT=2"
     gpus = host_gpus() if ids and GPU_FILE.name in env.get("COMPOSE_FILE", "") else None
     unknown = unknown_gpu_ids(ids, gpus) if gpus is not None else []
     if unknown:
         have = ", ".join(f"{gpu['index']} ({gpu['uuid']})" for gpu in gpus) or "none"
         return f"GPU_DEVICES in .env names {', '.join(unknown)}, which this host does not have (its GPUs: {have})"
     return None
+
+
+# ---------------------------------------------------------------------------------------
+# GPU leases: GPU_DEVICES=auto takes, at each `make up`, GPUs no one else holds
+# ---------------------------------------------------------------------------------------
+
+# Labels the lab container carries (compose.gpu.yaml): the GPUs it holds, and whose it
+# is. Other clones' `make up` leave those GPUs alone; `make gpus` shows them.
+LEASE_LABEL = "dev.gpu-template.gpus"
+OWNER_LABEL = "dev.gpu-template.user"
+# A GPU with more memory in use (MiB) is busy: someone runs on it outside this engine's
+# containers (a script on the host, another engine), and `auto` leaves it alone.
+BUSY_MIB = 1024
+
+
+class LeaseError(Exception):
+    """No lease: what `make up` would have taken, and why it cannot."""
+
+
+def is_auto(env: dict[str, str]) -> bool:
+    return env.get("GPU_DEVICES", "all").strip().lower() == "auto"
+
+
+def gpu_count(env: dict[str, str]) -> int | None:
+    """GPU_COUNT: how many GPUs `auto` leases (1 when unset); None when not a count."""
+    value = env.get("GPU_COUNT", "").strip() or "1"
+    return int(value) if value.isdigit() and int(value) >= 1 else None
+
+
+def gpu_usage() -> list[dict]:
+    """Each GPU with its memory use (MiB) and the processes on it (nvidia-smi queries)."""
+    fields = "index,uuid,name,memory.used,memory.total"
+    smi = nvidia_smi(f"--query-gpu={fields}", "--format=csv,noheader,nounits")
+    apps = nvidia_smi("--query-compute-apps=gpu_uuid,pid,process_name,used_memory", "--format=csv,noheader,nounits")
+    processes: dict[str, list[dict]] = {}
+    for line in apps.stdout.splitlines() if apps is not None and apps.returncode == 0 else []:
+        cells = [cell.strip() for cell in line.split(",")]
+        if len(cells) == 4:
+            processes.setdefault(cells[0], []).append({"pid": cells[1], "name": cells[2], "memory": cells[3]})
+    gpus = []
+    for line in smi.stdout.splitlines() if smi is not None and smi.returncode == 0 else []:
+        cells = [cell.strip() for cell in line.split(",")]
+        if len(cells) == 5 and cells[0].isdigit():
+            index, uuid, name, used, total = cells
+            gpus.append(
+                {"index": index, "uuid": uuid, "name": name, "memory_used": used, "memory_total": total,
+                 "processes": processes.get(uuid, [])}
+            )  # fmt: skip
+    return gpus
+
+
+def gpu_holders() -> list[dict]:
+    """Running containers on this engine that hold GPUs: their name, compose project and
+    owner, and the GPU ids they hold (None: every GPU). A lease label says it; else the
+    GPUs a container asked Docker for (another tool's, or a clone older than leases)."""
+    holders = []
+    for container in docker_containers():
+        labels = (container.get("Config") or {}).get("Labels") or {}
+        held: set[str] | None = set()
+        if labels.get(LEASE_LABEL):
+            lease = labels[LEASE_LABEL].strip()
+            held = None if lease.lower() == "all" else {part.strip() for part in lease.split(",")}
+        else:
+            for request in (container.get("HostConfig") or {}).get("DeviceRequests") or []:
+                if "gpu" in [cap for caps in request.get("Capabilities") or [] for cap in caps]:
+                    ids = request.get("DeviceIDs") or []
+                    held = {part for gpu_id in ids for part in gpu_id.split(",")} if ids else None
+        if held is None or held:
+            holders.append(
+                {"name": container.get("Name", "").lstrip("/"), "project": compose_project(container),
+                 "owner": labels.get(OWNER_LABEL, ""), "gpus": held}
+            )  # fmt: skip
+    return holders
+
+
+def holds(holder: dict, gpu: dict) -> bool:
+    return holder["gpus"] is None or gpu["index"] in holder["gpus"] or gpu["uuid"] in holder["gpus"]
+
+
+def holder_text(holder: dict) -> str:
+    who = holder["project"] or holder["name"]
+    return f"{who} ({holder['owner']})" if holder["owner"] else who
+
+
+def gpu_table(gpus: list[dict], holders: list[dict], own_project: str) -> list[str]:
+    """`make gpus`: each GPU, its memory in use, and who holds it (compose project and
+    user), this clone, or free."""
+    lines = [f"  {'GPU':<4} {'memory used':<19} held by"]
+    for gpu in gpus:
+        others = [holder_text(h) for h in holders if holds(h, gpu) and h["project"] != own_project]
+        mine = any(holds(h, gpu) and own_project and h["project"] == own_project for h in holders)
+        used = int(gpu["memory_used"]) if gpu["memory_used"].isdigit() else 0
+        state = ", ".join(others + (["this clone"] if mine else []))
+        if not state:
+            state = f"busy: {used} MiB in use outside this engine's containers" if used > BUSY_MIB else "free"
+        lines.append(f"  {gpu['index']:<4} {gpu['memory_used'] + ' / ' + gpu['memory_total'] + ' MiB':<19} {state}")
+    return lines
+
+
+def current_lease() -> list[str]:
+    """The GPUs this clone's GPU file leased last (its lease label), [] without one."""
+    try:
+        found = re.search(rf"^\s*{re.escape(LEASE_LABEL)}:\s*\"([^\"]*)\"", GPU_FILE.read_text(), re.MULTILINE)
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [part for part in found.group(1).split(",") if part] if found else []
+
+
+def lease_gpus(env: dict[str, str], strict: bool = True) -> list[dict]:
+    """The GPUs GPU_DEVICES=auto takes: this clone's lease while no one else took it,
+    then free ones (no other container holds them, little memory in use), least used
+    first; GPU_COUNT of them. LeaseError when too few are free (strict), else the least
+    used ones, for commands that start nothing."""
+    gpus = gpu_usage()
+    count = gpu_count(env) or 1
+    if not gpus:
+        raise LeaseError("GPU_DEVICES=auto, and nvidia-smi lists no GPU here")
+    own = env.get("COMPOSE_PROJECT_NAME", "")
+    holders = gpu_holders()
+    others = [holder for holder in holders if holder["project"] != own or not own]
+    current = set(current_lease())
+
+    def used(gpu: dict) -> int:
+        return int(gpu["memory_used"]) if gpu["memory_used"].isdigit() else 0
+
+    taken = [gpu for gpu in gpus if any(holds(holder, gpu) for holder in others)]
+    kept = [gpu for gpu in gpus if gpu not in taken and (gpu["uuid"] in current or gpu["index"] in current)]
+    free = [gpu for gpu in gpus if gpu not in taken and gpu not in kept and used(gpu) <= BUSY_MIB]
+    chosen = (kept + sorted(free, key=lambda gpu: (used(gpu), int(gpu["index"]))))[:count]
+    if len(chosen) == count:
+        return chosen
+    if not strict:
+        return sorted(gpus, key=lambda gpu: (used(gpu), int(gpu["index"])))[:count]
+    table = "\n".join(gpu_table(gpus, holders, own))
+    raise LeaseError(
+        f"GPU_DEVICES=auto: {len(chosen)} GPU(s) free here, and this clone asks for GPU_COUNT={count}:\n{table}\n"
+        "Fix: wait for one (`make gpus` shows who holds which), lower GPU_COUNT in .env, or share a GPU on purpose "
+        "with its holder: GPU_DEVICES=<index> in .env"
+    )
 
 
 GPU_FILE_HEADER = """# Written by docker/setup_env.py from GPU_DEVICES and ENGINE_MODE in .env (every `make`
@@ -854,9 +1063,20 @@ ROOTLESS_LIMITS = """    # No ulimits here: a rootless engine cannot raise a lim
 """
 
 
-def gpu_file_text(env: dict[str, str]) -> str:
+def gpu_file_text(env: dict[str, str], lease: list[dict] | None = None) -> str:
+    """The GPU file: the GPUs of GPU_DEVICES (or of the lease, for auto), and labels that
+    name them and this clone's user for other clones' leases."""
     ids = parse_gpu_devices(env.get("GPU_DEVICES", "all")) or []
     mode = env.get("ENGINE_MODE", "docker")
+    if lease:
+        # Docker takes the stable UUIDs; CDI specs name devices by index (nvidia-ctk's default).
+        ids = [gpu["index"] if mode == "podman" else gpu["uuid"] for gpu in lease]
+    owner = user_name(env.get("USER_UID", "")) or f"uid {env.get('USER_UID', '?')}"
+    labels = f"""    # What this container holds, for other clones' `make up` (GPU_DEVICES=auto) and `make gpus`.
+    labels:
+      {LEASE_LABEL}: "{",".join(gpu["uuid"] for gpu in lease) if lease else ",".join(ids) or "all"}"
+      {OWNER_LABEL}: {json.dumps(owner)}
+"""
     limits = ULIMITS if mode == "docker" else ROOTLESS_LIMITS
     if mode == "podman":
         devices = "".join(f"      - {CDI_GPU_KIND}={gpu_id}\n" for gpu_id in ids or ["all"])
@@ -866,14 +1086,14 @@ def gpu_file_text(env: dict[str, str]) -> str:
 # fails with: unresolvable CDI devices {CDI_GPU_KIND}=...
 services:
   lab:
-    devices:
+{labels}    devices:
 {devices}{limits}"""
     select = f"device_ids: {json.dumps(ids)}" if ids else "count: all"
     return f"""{GPU_FILE_HEADER}# Needs the NVIDIA driver and the NVIDIA Container Toolkit on the host; `docker compose
 # up` otherwise fails with: could not select device driver "nvidia" with capabilities: [[gpu]]
 services:
   lab:
-    deploy:
+{labels}    deploy:
       resources:
         reservations:
           devices:
@@ -883,8 +1103,8 @@ services:
 {limits}"""
 
 
-def write_gpu_file(env: dict[str, str]) -> None:
-    text = gpu_file_text(env)
+def write_gpu_file(env: dict[str, str], lease: list[dict] | None = None) -> None:
+    text = gpu_file_text(env, lease)
     # Compared as read_text would read it, but a hand-edited file that is not UTF-8 is
     # simply rewritten.
     if GPU_FILE.is_symlink() or not GPU_FILE.is_file() or decode_env(GPU_FILE.read_bytes())[0] != text:
@@ -951,6 +1171,49 @@ def port_problem(env: dict[str, str]) -> str | None:
     )
 
 
+def write_leased_gpu_file(env: dict[str, str], starting: bool) -> str | None:
+    """The GPU file, with GPU_DEVICES=auto's lease where the GPU file is used: chosen
+    again when a container is about to start (`make up`: the refusal is returned), kept
+    as it is for the other commands (best effort where there is none yet)."""
+    lease = None
+    if is_auto(env) and GPU_FILE.name in env.get("COMPOSE_FILE", ""):
+        if not starting and current_lease():
+            return None
+        try:
+            lease = lease_gpus(env, strict=starting)
+        except LeaseError as error:
+            if starting:
+                return str(error)
+        if starting and lease and [gpu["uuid"] for gpu in lease] != current_lease():
+            shown = ", ".join(f"{gpu['index']} ({gpu['uuid']})" for gpu in lease)
+            print(f"GPU_DEVICES=auto: this clone takes GPU {shown}; `make gpus` shows who holds the others")
+    write_gpu_file(env, lease)
+    return None
+
+
+def print_gpus() -> int:
+    """`make gpus`: the host's GPUs, who holds each (compose project and user), which
+    this clone leases, and which are free."""
+    try:
+        env = read_env() if ENV.exists() else {}
+    except EnvError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    gpus = gpu_usage()
+    if not gpus:
+        print("No GPU here: nvidia-smi lists none (or does not answer).")
+        return 1
+    for line in gpu_table(gpus, gpu_holders(), env.get("COMPOSE_PROJECT_NAME", "")):
+        print(line)
+    lease = current_lease()
+    if is_auto(env):
+        leased = ", ".join(lease) or "none"
+        print(f"This clone: GPU_DEVICES=auto, GPU_COUNT={gpu_count(env) or 1}; last leased: {leased}")
+    else:
+        print(f"This clone: GPU_DEVICES={env.get('GPU_DEVICES', 'all')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preflight", action="store_true", help="also refuse what would fail once Docker starts")
@@ -958,10 +1221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compose", action="store_true", help="only print the compose command for this engine")
     parser.add_argument("--get", metavar="KEY", help="only print one setting, as Compose takes it (shell, then .env)")
     parser.add_argument("--jupyter-url", action="store_true", help="only print Jupyter's address with the token")
+    parser.add_argument("--gpus", action="store_true", help="only print the GPUs, who holds each, and the free ones")
     args = parser.parse_args(argv)
     if args.compose:
         print(compose_command())
         return 0
+    if args.gpus:
+        return print_gpus()
     if args.get or args.jupyter_url:
         try:
             env = read_env()
@@ -973,12 +1239,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with settings_lock():
             ensure_env(quiet=args.quiet)
+            take_team_settings(quiet=args.quiet)
             sync_container_user(quiet=args.quiet)
             protect_env()
             env = {**read_env(), **{key: os.environ[key] for key in ("COMPOSE_FILE",) if key in os.environ}}
             problem = gpu_devices_problem(env)
             if problem is None:
-                write_gpu_file(env)
+                problem = write_leased_gpu_file(env, starting=args.preflight)
     except EnvError as error:
         # Nothing is written from a file this script cannot read; as with GPU_DEVICES
         # below, only starting is refused.
