@@ -130,6 +130,16 @@ def test_a_personal_setting_in_team_env_is_refused_naming_it(lab_project, key):
     assert f"FAIL  team.env sets {key}" in doctor.stdout
 
 
+def test_a_team_value_env_cannot_hold_is_refused_naming_its_key(lab_project):
+    with (lab_project / "team.env").open("a") as team:
+        team.write('REGISTRY="registry.lab.example/o\'brien"\n')
+    result = setup(lab_project, "--preflight")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert 'ERROR: team.env: REGISTRY="registry.lab.example/o\'brien" holds a single quote' in result.stderr
+    assert "set REGISTRY in team.env without them" in result.stderr
+    assert not (lab_project / ".env").exists()
+
+
 @pytest.fixture
 def docker_cli() -> str:
     """The docker client whose `compose config` is the reference (no engine needed)."""

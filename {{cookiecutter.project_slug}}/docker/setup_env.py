@@ -747,25 +747,28 @@ def take_team_settings(quiet: bool = False) -> list[str]:
     setting_lines = {line.partition("=")[0].strip(): number for number, line in enumerate(lines)
                      if "=" in line and not line.lstrip().startswith("#")}  # fmt: skip
     for key in taken.keys() & setting_lines.keys():
-        lines[setting_lines[key]] = f"{key}={env_quote(taken[key])}"
+        lines[setting_lines[key]] = f"{key}={env_quote(key, taken[key])}"
     added = [key for key in taken if key not in setting_lines]
     if added:
         lines += ["# From team.env (the lab's settings; change a value here to override it for this clone):"]
-        lines += [f"{key}={env_quote(taken[key])}" for key in added]
+        lines += [f"{key}={env_quote(key, taken[key])}" for key in added]
     write_private(ENV, "\n".join(lines) + "\n")
     if not quiet:
         print(f".env: took {', '.join(f'{key}={value}' for key, value in taken.items())} from team.env")
     return list(taken)
 
 
-def env_quote(value: str) -> str:
-    """A value as a .env line holds it, read back the same by Compose and parse_env:
-    bare when it is plain, else in single quotes (no escapes, no interpolation)."""
+def env_quote(key: str, value: str) -> str:
+    """team.env's value of key as a .env line holds it, read back the same by Compose and
+    parse_env: bare when it is plain, else in single quotes (no escapes, no interpolation)."""
     if re.fullmatch(r"[\w@%+=:,./-]*", value):
         return value
     if "'" not in value and "\n" not in value:
         return f"'{value}'"
-    raise EnvError(f"a team.env value holds a single quote or a line break: {value!r}", "simplify it in team.env")
+    raise EnvError(
+        f"team.env: {key}={value!r} holds a single quote or a line break, which .env cannot take as it is",
+        f"set {key} in team.env without them",
+    )
 
 
 def setting(env: dict[str, str], key: str) -> str:
@@ -787,7 +790,7 @@ def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> 
         values, notes = fresh_values(example, overrides or {})
         # The lab's values replace the template's defaults (GPU_DEVICES=all); the keys the
         # template does not set (BASE_IMAGE) take_team_settings adds after.
-        team = {key: env_quote(value) for key, value in read_team_env().items() if key in example}
+        team = {key: env_quote(key, value) for key, value in read_team_env().items() if key in example}
         values.update({key: value for key, value in team.items() if key not in (overrides or {})})
         lines = []
         for line in example_text.splitlines():
