@@ -29,6 +29,7 @@ from engine import build_steps, layers, unique_bytes
 from test_bake import INPUT_EDIT
 from test_gpu_test import gpu_test
 from test_messages import RESOLVER_LINES
+from test_push import git_config
 from test_readme import readme_block
 from test_slurm import slurm  # noqa: F401 - the one-node Slurm fixture
 
@@ -137,9 +138,7 @@ def teammate_clone(path: Path, docker_env, out: Path) -> Path:
         settings.append("CA_BUNDLE=certs/lab-ca.pem")
     with (path / "team.env").open("a") as team:
         team.write("\n".join(settings) + "\n")
-    config = out / "gitconfig"
-    config.write_text("[user]\n\tname = Lab\n\temail = lab@example.com\n[safe]\n\tdirectory = *\n")
-    git_env = {**os.environ, "GIT_CONFIG_GLOBAL": str(config), "GIT_CEILING_DIRECTORIES": str(out)}
+    git_env = {**os.environ, "GIT_CONFIG_GLOBAL": git_config(out), "GIT_CEILING_DIRECTORIES": str(out)}
     clone = out / "teammate" / path.name
     for args, where in ((["init", "-q"], path), (["add", "-A"], path), (["commit", "-qm", "Lab settings"], path),
                         (["clone", "-q", str(path), str(clone)], out)):  # fmt: skip

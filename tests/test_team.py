@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import env_values, run
+from test_push import git_config
 
 LAB = {
     "BASE_IMAGE": "registry.lab.example/nvidia/cuda:13.0.1-base-ubuntu24.04",
@@ -36,9 +37,7 @@ def setup(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def git(project: Path, *args: str) -> None:
-    config = project.parent / "gitconfig"
-    config.write_text("[user]\n\tname = Lab\n\temail = lab@example.com\n[safe]\n\tdirectory = *\n")
-    result = run(["git", *args], cwd=project, env={**os.environ, "GIT_CONFIG_GLOBAL": str(config)})
+    result = run(["git", *args], cwd=project, env={**os.environ, "GIT_CONFIG_GLOBAL": git_config(project.parent)})
     assert result.returncode == 0, result.stderr
 
 

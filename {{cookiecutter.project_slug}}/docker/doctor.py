@@ -504,13 +504,13 @@ def check_gpu_devices(doctor: Doctor, env: dict[str, str]) -> None:
     if problem:
         doctor.fail(problem, "correct GPU_DEVICES in .env (`nvidia-smi -L` lists the GPUs)")
         return
-    own = env.get("COMPOSE_PROJECT_NAME", "")
     gpus = setup_env.gpu_usage()
-    holders = [holder for holder in setup_env.gpu_holders() if holder["project"] != own or not own]
+    holders = setup_env.gpu_holders()
+    others = setup_env.other_holders(holders, env.get("COMPOSE_PROJECT_NAME", ""))
     wanted = setup_env.parse_gpu_devices(env.get("GPU_DEVICES", "all")) or []
     if setup_env.is_auto(env):
         try:
-            wanted = [gpu["uuid"] for gpu in setup_env.lease_gpus(env)]
+            wanted = [gpu["uuid"] for gpu in setup_env.lease_gpus(env, gpus=gpus, holders=holders)]
         except setup_env.LeaseError as error:
             doctor.fail(str(error).split("\n")[0], "`make gpus` shows who holds which; lower GPU_COUNT, or wait")
             wanted = ["none"]
@@ -526,7 +526,7 @@ def check_gpu_devices(doctor: Doctor, env: dict[str, str]) -> None:
             f"        {'*' if mine else ' '} {gpu['index']} {gpu['name']} {gpu['uuid']}: "
             f"{gpu['memory_used']} / {gpu['memory_total']} MiB used; {processes}"
         )
-        holding = [holder["name"] for holder in holders if setup_env.holds(holder, gpu)]
+        holding = [holder["name"] for holder in others if setup_env.holds(holder, gpu)]
         if mine and holding:
             doctor.warn(
                 f"GPU {gpu['index']} is also held by running container(s) {', '.join(holding)}",

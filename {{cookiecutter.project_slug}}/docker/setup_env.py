@@ -986,6 +986,16 @@ def holds(holder: dict, gpu: dict) -> bool:
     return holder["gpus"] is None or gpu["index"] in holder["gpus"] or gpu["uuid"] in holder["gpus"]
 
 
+def other_holders(holders: list[dict], own_project: str) -> list[dict]:
+    """The holders that are not this clone's containers (all of them without a project)."""
+    return [holder for holder in holders if not own_project or holder["project"] != own_project]
+
+
+def memory_used(gpu: dict) -> int:
+    """A GPU's memory in use, MiB (0 where nvidia-smi gave no number)."""
+    return int(gpu["memory_used"]) if gpu["memory_used"].isdigit() else 0
+
+
 def holder_text(holder: dict) -> str:
     who = holder["project"] or holder["name"]
     return f"{who} ({holder['owner']})" if holder["owner"] else who
@@ -995,51 +1005,53 @@ def gpu_table(gpus: list[dict], holders: list[dict], own_project: str) -> list[s
     """`make gpus`: each GPU, its memory in use, and who holds it (compose project and
     user), this clone, or free."""
     lines = [f"  {'GPU':<4} {'memory used':<19} held by"]
+    others = other_holders(holders, own_project)
     for gpu in gpus:
-        others = [holder_text(h) for h in holders if holds(h, gpu) and h["project"] != own_project]
-        mine = any(holds(h, gpu) and own_project and h["project"] == own_project for h in holders)
-        used = int(gpu["memory_used"]) if gpu["memory_used"].isdigit() else 0
-        state = ", ".join(others + (["this clone"] if mine else []))
+        held = [holder_text(holder) for holder in others if holds(holder, gpu)]
+        mine = any(holds(holder, gpu) for holder in holders if holder not in others)
+        state = ", ".join(held + (["this clone"] if mine else []))
         if not state:
+            used = memory_used(gpu)
             state = f"busy: {used} MiB in use outside this engine's containers" if used > BUSY_MIB else "free"
         lines.append(f"  {gpu['index']:<4} {gpu['memory_used'] + ' / ' + gpu['memory_total'] + ' MiB':<19} {state}")
     return lines
 
 
 def current_lease() -> list[str]:
-    """The GPUs this clone's GPU file leased last (its lease label), [] without one."""
+    """The GPUs this clone's GPU file leased last (its lease label), [] without one (or
+    with a file written for GPU_DEVICES=all)."""
     try:
         found = re.search(rf"^\s*{re.escape(LEASE_LABEL)}:\s*\"([^\"]*)\"", GPU_FILE.read_text(), re.MULTILINE)
     except (OSError, UnicodeDecodeError):
         return []
-    return [part for part in found.group(1).split(",") if part] if found else []
+    lease = [part for part in found.group(1).split(",") if part] if found else []
+    return [] if lease == ["all"] else lease
 
 
-def lease_gpus(env: dict[str, str], strict: bool = True) -> list[dict]:
+def lease_gpus(
+    env: dict[str, str], strict: bool = True, gpus: list[dict] | None = None, holders: list[dict] | None = None
+) -> list[dict]:
     """The GPUs GPU_DEVICES=auto takes: this clone's lease while no one else took it,
     then free ones (no other container holds them, little memory in use), least used
     first; GPU_COUNT of them. LeaseError when too few are free (strict), else the least
-    used ones, for commands that start nothing."""
-    gpus = gpu_usage()
+    used ones, for commands that start nothing. gpus and holders: gpu_usage() and
+    gpu_holders(), where the caller has them already."""
+    gpus = gpu_usage() if gpus is None else gpus
     count = gpu_count(env) or 1
     if not gpus:
         raise LeaseError("GPU_DEVICES=auto, and nvidia-smi lists no GPU here")
     own = env.get("COMPOSE_PROJECT_NAME", "")
-    holders = gpu_holders()
-    others = [holder for holder in holders if holder["project"] != own or not own]
+    holders = gpu_holders() if holders is None else holders
+    others = other_holders(holders, own)
     current = set(current_lease())
-
-    def used(gpu: dict) -> int:
-        return int(gpu["memory_used"]) if gpu["memory_used"].isdigit() else 0
-
     taken = [gpu for gpu in gpus if any(holds(holder, gpu) for holder in others)]
     kept = [gpu for gpu in gpus if gpu not in taken and (gpu["uuid"] in current or gpu["index"] in current)]
-    free = [gpu for gpu in gpus if gpu not in taken and gpu not in kept and used(gpu) <= BUSY_MIB]
-    chosen = (kept + sorted(free, key=lambda gpu: (used(gpu), int(gpu["index"]))))[:count]
+    free = [gpu for gpu in gpus if gpu not in taken and gpu not in kept and memory_used(gpu) <= BUSY_MIB]
+    chosen = (kept + sorted(free, key=lambda gpu: (memory_used(gpu), int(gpu["index"]))))[:count]
     if len(chosen) == count:
         return chosen
     if not strict:
-        return sorted(gpus, key=lambda gpu: (used(gpu), int(gpu["index"])))[:count]
+        return sorted(gpus, key=lambda gpu: (memory_used(gpu), int(gpu["index"])))[:count]
     table = "\n".join(gpu_table(gpus, holders, own))
     raise LeaseError(
         f"GPU_DEVICES=auto: {len(chosen)} GPU(s) free here, and this clone asks for GPU_COUNT={count}:\n{table}\n"
