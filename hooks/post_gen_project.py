@@ -73,11 +73,12 @@ def create_user_dirs() -> list[PurePosixPath]:
     return created
 
 
-def write_env_file() -> bool:
+def write_env_file() -> tuple[bool, list[PurePosixPath]]:
     """.env from .env.example, as docker/setup_env.py writes it for a fresh clone (a new
     token; the GPU compose file only where Docker has the NVIDIA runtime; this clone's
-    compose project and image names), with the ids and port answered. Kept if it exists
-    (its token is the user's): only keys it lacks are added. Returns True when written."""
+    compose project and image names), with the ids and port answered, and the GPU and
+    mounts files from it. Kept if it exists (its token is the user's): only keys it lacks
+    are added. Returns whether .env was written, and the writable folders created."""
     # The project's own script: generation makes the choices a fresh clone's `make up` makes.
     setup = template_rules.load_module(PROJECT / "docker" / "setup_env.py", "_project_setup_env")
     answered = {
@@ -86,8 +87,10 @@ def write_env_file() -> bool:
         "JUPYTER_HOST_PORT": str(ANSWERS["jupyter_host_port"]),
     }
     outcome = setup.ensure_env(answered)
-    setup.write_gpu_file(setup.read_env())
-    return outcome == "created"
+    env = setup.read_env()
+    setup.write_gpu_file(env)
+    created, _ = setup.write_mounts_file(env)  # what it refuses, `make up` names
+    return outcome == "created", [PurePosixPath(path.relative_to(PROJECT).as_posix()) for path in created]
 
 
 def place_starter_files() -> list[PurePosixPath]:
@@ -98,9 +101,10 @@ def place_starter_files() -> list[PurePosixPath]:
 
 def what_generation_wrote(created: list[PurePosixPath], env_written: bool) -> list[PurePosixPath]:
     """The template's files (cookiecutter rewrites them all), the folders and files the
-    hooks created, .env when it is new, and the GPU compose file (always rewritten)."""
+    hooks created, .env when it is new, and the GPU and mounts files (always rewritten)."""
     rendered = [path for path in template_rules.rendered_paths(SLUG) if path.parts[0] != template_rules.STARTER_DIR]
-    written = [PurePosixPath("compose.gpu.yaml"), *([PurePosixPath(".env")] if env_written else [])]
+    written = [PurePosixPath(name) for name in ("compose.gpu.yaml", "compose.mounts.yaml")]
+    written += [PurePosixPath(".env")] if env_written else []
     return [*rendered, *created, *written]
 
 
@@ -167,7 +171,8 @@ def main() -> None:
     keep_readme_languages(ANSWERS["readme_language"])
     updatable = remove_update_record_without_commit()
     created = create_user_dirs() + place_starter_files()
-    env_written = write_env_file()
+    env_written, folders = write_env_file()
+    created += folders
     written = what_generation_wrote(created, env_written)
     hand_over_to_configured_user(written, int(ANSWERS["uid"]), int(ANSWERS["gid"]))
     print_next_steps(env_written, updatable, template_rules.lock_is_shipped(ANSWERS))

@@ -36,6 +36,7 @@ COMMON_FILES = {
     "README.md",
     "cache/.gitignore",
     "compose.gpu.yaml",
+    "compose.mounts.yaml",
     "compose.podman.yaml",
     "compose.yaml",
     "data/.gitignore",

@@ -29,6 +29,7 @@ from engine import build_steps, layers, unique_bytes
 from test_bake import INPUT_EDIT
 from test_gpu_test import gpu_test
 from test_messages import RESOLVER_LINES
+from test_mounts import PLANT, planted, save_notebook
 from test_push import git_config
 from test_readme import readme_block
 from test_slurm import slurm  # noqa: F401 - the one-node Slurm fixture
@@ -689,7 +690,7 @@ def test_two_nodes_meet_and_train_in_the_container(project):
         cluster = ["RDZV_ENDPOINT=127.0.0.1:29611", "RDZV_ID=two-nodes", "NPROC_PER_NODE=1"]
     else:
         cluster = ["WORKERS=127.0.0.1:29611,127.0.0.1:29612"]
-    folder = "checkpoints-two-nodes"
+    folder = "checkpoints/two-nodes"  # the project's top is read-only in the container
     args = ["--epochs", "2", "--samples", "4096", "--batch-size", "128", "--checkpoint-dir", folder]
     start = time.monotonic()
     nodes = []
@@ -744,8 +745,13 @@ def test_a_slurm_job_trains_with_the_projects_image(project, docker_env, slurm):
         "RDZV_TIMEOUT": "120",
         "STOP_TIMEOUT": "3",
     }
-    # A fresh start: make train's checkpoints would make this job a resumption.
-    shutil.rmtree(project.path / "checkpoints", ignore_errors=True)
+    # A fresh start: make train's checkpoints would make this job a resumption. The folder
+    # stays, the user's: the project's containers mount it.
+    for old in (project.path / "checkpoints").iterdir():
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
     start = time.monotonic()
     submitted = slurm.run(
         "sbatch", "--parsable", "--nodes=1", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1",
@@ -848,6 +854,43 @@ def test_files_written_in_the_container_belong_to_the_host_user(project):
     for name in ("src/from_container.txt", "src/newdir", "cache/torch/f"):
         info = (project.path / name).stat()
         assert (info.st_uid, info.st_gid) == (project.uid, project.gid), name
+
+
+@pytest.mark.variants("default")
+def test_the_container_saves_notebooks_and_commits_but_cannot_change_what_the_host_executes(project):
+    """The default project is a git clone: in its container, a notebook saves (Jupyter's
+    API, as JupyterLab saves) and git commits, both as the host user; every way to plant
+    a command for the host's next `make` or commit fails, and the host's files are as
+    they were (issue #26)."""
+    watched = [".git/config", "Makefile", "docker/compose-up", ".devcontainer/devcontainer.json", ".env"]
+    before = {name: (project.path / name).read_bytes() for name in watched}
+    hooks = sorted(path.name for path in (project.path / ".git" / "hooks").iterdir())
+    assert planted(project.exec("sh", "-c", PLANT).stdout) == []
+    assert {name: (project.path / name).read_bytes() for name in watched} == before
+    assert sorted(path.name for path in (project.path / ".git" / "hooks").iterdir()) == hooks
+    assert not (project.path / "GNUmakefile").exists() and (project.path / ".git").is_dir()
+
+    assert save_notebook(project.host_port, project.token, "notebooks/saved.ipynb") == 201
+    saved = project.path / "notebooks" / "saved.ipynb"
+    assert (saved.stat().st_uid, saved.stat().st_gid) == (project.uid, project.gid)
+    assert save_notebook(project.host_port, project.token, "at-the-top.ipynb") >= 400  # read-only there
+    assert not (project.path / "at-the-top.ipynb").exists()
+
+    commit = project.exec(
+        "sh", "-c",
+        "git add notebooks/saved.ipynb && git -c user.name=Lab -c user.email=lab@example.org "
+        "commit -qm 'From the container' && git log -1 --format=%s",
+    )  # fmt: skip
+    assert commit.stdout.strip().splitlines()[-1] == "From the container"
+    trusting = {**os.environ, "GIT_CONFIG_GLOBAL": git_config(project.path.parent.parent)}
+    host_log = run(["git", "log", "-1", "--format=%s"], cwd=project.path, env=trusting)
+    assert host_log.stdout.strip() == "From the container", host_log.stderr
+    strangers = [str(path) for path in (project.path / ".git").rglob("*")
+                 if (path.lstat().st_uid, path.lstat().st_gid) != (project.uid, project.gid)]  # fmt: skip
+    assert strangers == []
+    # The container sees what it may write, and says so.
+    doctor = project.exec("python", "docker/doctor.py", "--in-container").stdout
+    assert "ok    /workspace/notebooks is writable" in doctor and "FAIL" not in doctor, doctor
 
 
 def test_down_v_keeps_the_users_files(project):

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from conftest import BENCHMARKS, TEMPLATE, env_values, unavailable
 from engine import PodmanUser, podman_missing
+from test_mounts import PLANT, assert_nothing_planted
 
 pytestmark = pytest.mark.docker
 
@@ -100,6 +101,8 @@ def project(podman, docker_env):
     )  # fmt: skip
     assert generated.returncode == 0, generated.stdout[-3000:] + generated.stderr[-3000:]
     path = workdir / "podman_lab"
+    # Under git, as most projects are: the container gets .git writable, its hooks and config not.
+    assert podman.run(["git", "init", "-q"], cwd=path).returncode == 0
     podman.env.update({"BASE_IMAGE": podman.base_image, "CA_BUNDLE": docker_env.ca_bundle or ""})
     start = time.monotonic()
     up = podman.run(["make", "up"], cwd=path, stdin=subprocess.DEVNULL)
@@ -170,6 +173,14 @@ def test_a_shell_a_notebook_and_training_write_files_that_are_the_users(project,
     assert len(written) > 4
     for name in written:
         assert owner(project.path / name) == (UID, UID), name
+
+
+def test_the_container_cannot_change_what_the_host_executes(project, podman):
+    """On rootless Podman too (keep-id: the container user is yours): every way to plant a
+    command for the host's next `make` or commit fails, while the notebook above saved; a
+    notebook at the project's top does not (issue #26)."""
+    attempt = podman.run(["docker/podman-compose", "exec", "-T", "lab", "sh", "-c", PLANT], cwd=project.path)
+    assert_nothing_planted(project.path, attempt, PORT, project.token)
 
 
 def test_make_lock_writes_a_lock_that_is_the_users(project, podman):

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 from conftest import BENCHMARKS, TEMPLATE, env_values, unavailable
 from engine import RootlessEngine, rootless_missing
+from test_mounts import PLANT, assert_nothing_planted
 
 pytestmark = pytest.mark.docker
 
@@ -79,6 +80,8 @@ def project(rootless, docker_env):
     )  # fmt: skip
     assert generated.returncode == 0, generated.stdout[-3000:] + generated.stderr[-3000:]
     path = workdir / "rootless_lab"
+    # Under git, as most projects are: the container gets .git writable, its hooks and config not.
+    assert rootless.run(["git", "init", "-q"], cwd=path).returncode == 0
     build_env = {"BASE_IMAGE": docker_env.base_image, "CA_BUNDLE": docker_env.ca_bundle or ""}
     rootless.env.update(build_env)
     start = time.monotonic()
@@ -148,6 +151,14 @@ def test_a_shell_a_notebook_and_training_write_files_that_are_the_users(project,
     assert len(written) > 4
     for name in written:
         assert owner(project.path / name) == (UID, UID), name
+
+
+def test_the_container_cannot_change_what_the_host_executes(project, rootless):
+    """On rootless Docker too, where the container runs as its root (you): every way to
+    plant a command for the host's next `make` or commit fails, while the notebook above
+    saved; a notebook at the project's top does not (issue #26)."""
+    attempt = rootless.run(["docker", "compose", "exec", "-T", "lab", "sh", "-c", PLANT], cwd=project.path)
+    assert_nothing_planted(project.path, attempt, PORT, project.token)
 
 
 def test_make_lock_writes_a_lock_that_is_the_users(project, rootless):

@@ -631,13 +631,21 @@ def check_port(doctor: Doctor, env: dict[str, str] | None) -> None:
 
 
 def check_user_dirs(doctor: Doctor, env: dict[str, str] | None) -> None:
+    """The folders the container may write (WRITABLE): each writable by the container
+    user, or created as you at the next `make`; and nothing that `make up` refuses."""
     # read_env left out values that are not ids.
     uid = int((env or {}).get("USER_UID") or -1)
     gid = int((env or {}).get("USER_GID") or -1)
-    for name in ("src", "notebooks", "data", "cache"):
+    folders, problems = setup_env.writable_folders(env or {})
+    for problem in problems + [problem for problem in [setup_env.git_problem()] if problem]:
+        problem, _, fix = problem.partition("; ")
+        doctor.fail(problem, fix)
+    for name in folders:
         path = PROJECT / name
+        if name == "." or name == ".git" and not path.is_dir():
+            continue
         if not path.is_dir():
-            doctor.fail(f"{name}/ is missing: Docker would create it owned by root", f"mkdir {name}")
+            doctor.ok(f"{name}/ does not exist yet: the next `make` creates it, as you")
             continue
         info = path.stat()
         writable = info.st_uid == uid or (info.st_gid == gid and info.st_mode & 0o020) or info.st_mode & 0o002
@@ -648,6 +656,9 @@ def check_user_dirs(doctor: Doctor, env: dict[str, str] | None) -> None:
             )
         else:
             doctor.ok(f"{name}/ is writable by the container user")
+    mounted = [f"{name}/" for name in folders if name != ".git" or (PROJECT / name).is_dir()]
+    shown = "the whole project" if "." in folders else " ".join(mounted)
+    doctor.ok(f"the container may write {shown} (WRITABLE); what the host executes stays read-only there")
 
 
 def check_line_endings(doctor: Doctor) -> None:
@@ -674,14 +685,25 @@ def check_in_container(doctor: Doctor) -> None:
         )
     else:
         doctor.ok(f"/dev/shm is {size / 2**30:.1f} GiB")
-    for name in ("src", "notebooks", "data", "cache"):
-        path = Path("/workspace") / name
+    env = read_env(doctor) or {}
+    folders, _ = setup_env.writable_folders(env)
+    for name in folders:
+        path = PROJECT / name
+        if name == ".git" and not path.is_dir():
+            continue  # a linked worktree's .git file: git's folder is outside the project
         if os.access(path, os.W_OK):
-            doctor.ok(f"/workspace/{name} is writable")
+            doctor.ok(f"{path} is writable")
         else:
             doctor.fail(
-                f"/workspace/{name} is not writable by uid {os.getuid()}",
-                f"on the host: sudo chown -R {os.getuid()}:{os.getgid()} {name}",
+                f"{path} is not writable by uid {os.getuid()}",
+                f"on the host: sudo chown -R {os.getuid()}:{os.getgid()} {name}, then `make up` (it mounts WRITABLE)",
+            )
+    for name in setup_env.HOST_EXECUTED:
+        path = PROJECT / name
+        if path.exists() and os.access(path, os.W_OK):
+            doctor.fail(
+                f"{path} is writable in the container, and the host executes it",
+                "`make up` on the host mounts it read-only (compose.mounts.yaml, from WRITABLE in .env)",
             )
     probe = (
         "import torch; print(torch.cuda.is_available())"

@@ -28,6 +28,11 @@ if token_file and not os.environ.get("JUPYTER_TOKEN"):
 c.ServerApp.ip = "0.0.0.0"
 c.ServerApp.open_browser = False
 c.ServerApp.root_dir = "/workspace"
+# The project's top is read-only in the container, but for the folders WRITABLE in .env
+# names (README "What the container may change"): the file browser opens in notebooks/,
+# where a new notebook can be saved. (An API path, relative to root_dir; it must exist.)
+if os.path.isdir("/workspace/notebooks"):
+    c.ContentsManager.preferred_dir = "notebooks"
 # Jupyter refuses to run as root, rightly so on rootful Docker, where the container's root
 # is the host's. On rootless Docker the container runs as its root (compose.yaml: user),
 # which that engine maps to the host user, with no more rights than theirs: allowed there

@@ -1,11 +1,13 @@
 """This clone's settings: writes .env when it is missing, completes it when the template
-added keys, and writes compose.gpu.yaml from GPU_DEVICES. Every `make` target that
-starts Docker runs it first, and so does the dev container's initializeCommand, so a
-fresh clone needs no hand-written .env.
+added keys, and writes compose.gpu.yaml from GPU_DEVICES and compose.mounts.yaml from
+WRITABLE (what the container may change). Every `make` target that starts Docker runs
+it first, and so does the dev container's initializeCommand, so a fresh clone needs no
+hand-written .env.
 
-    python3 docker/setup_env.py              # .env and compose.gpu.yaml, and what was chosen
+    python3 docker/setup_env.py              # .env, compose.gpu.yaml, compose.mounts.yaml
     python3 docker/setup_env.py --preflight  # the same, then refuse what would fail in Docker:
-                                             # an invalid GPU_DEVICES, a port someone else holds
+                                             # an invalid GPU_DEVICES or WRITABLE, a port
+                                             # someone else holds
     python3 docker/setup_env.py --compose    # only print the compose command for this clone's
                                              # engine (the Makefile's COMPOSE); writes nothing
     python3 docker/setup_env.py --get KEY    # only print one setting as Compose takes it (the
@@ -57,7 +59,17 @@ GPU_FILE = PROJECT / "compose.gpu.yaml"
 TEAM_ENV = PROJECT / "team.env"
 # What team.env may set: what is the same for everyone in a lab. The other settings are
 # each person's or each clone's (ids, token, names, port, engine), and refused there.
-TEAM_KEYS = ("BASE_IMAGE", "CA_BUNDLE", "REGISTRY", "GPU_DEVICES", "GPU_COUNT", "CPUS", "MEMORY", "SHM_SIZE")
+TEAM_KEYS = (
+    "BASE_IMAGE",
+    "CA_BUNDLE",
+    "REGISTRY",
+    "GPU_DEVICES",
+    "GPU_COUNT",
+    "CPUS",
+    "MEMORY",
+    "SHM_SIZE",
+    "WRITABLE",
+)
 # Keys whose value a clone must have and a copied .env.example leaves empty.
 FILLED = ("JUPYTER_TOKEN", "COMPOSE_PROJECT_NAME", "IMAGE_NAME")
 GPU_COMPOSE_FILE = "compose.yaml:compose.gpu.yaml"
@@ -835,7 +847,9 @@ def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> 
             f"COMPOSE_PROJECT_NAME={SLUG} keeps this clone's running containers; for names of its own "
             "(a shared server): `make down`, then delete COMPOSE_PROJECT_NAME and IMAGE_NAME from .env"
         )
-    added = {key: values.get(key, example[key]) for key in missing}
+    # A key the lab sets comes from team.env, not from the template's default.
+    team = {key: env_quote(key, value) for key, value in read_team_env().items()}
+    added = {key: team.get(key, values.get(key, example[key])) for key in missing}
     text = read_text(ENV)
     text += ("" if text.endswith("\n") else "\n") + "# Added from .env.example (new in the template):\n"
     text += "".join(f"{key}={value}\n" for key, value in added.items())
@@ -1127,6 +1141,156 @@ def write_gpu_file(env: dict[str, str], lease: list[dict] | None = None) -> None
 
 
 # ---------------------------------------------------------------------------------------
+# What the container may change
+# ---------------------------------------------------------------------------------------
+
+MOUNTS_FILE = PROJECT / "compose.mounts.yaml"
+# The folders the lab container may write when WRITABLE in .env is unset or empty: your
+# code, notebooks, data, caches, train.py's checkpoints, and git's folder (commits from
+# VS Code in the container). The rest of the project is read-only there.
+DEFAULT_WRITABLE = "src notebooks data cache checkpoints .git"
+# What the host executes (make, git, Compose, the dev container's host commands, Slurm
+# and Kubernetes files): read-only in every container, inside a writable folder too, so
+# that code run in a notebook cannot plant a command for the host's next `make` or commit.
+HOST_EXECUTED = (
+    "Makefile", "GNUmakefile", "makefile", ".env", "team.env", "compose.yaml", "compose.gpu.yaml",
+    "compose.podman.yaml", MOUNTS_FILE.name, "docker", ".devcontainer", ".devcontainer.json", "deploy",
+    ".vscode", ".envrc", ".pre-commit-config.yaml",
+    ".git/hooks", ".git/config", ".git/modules", ".git/worktrees",
+)  # fmt: skip
+# A folder WRITABLE may name: a relative path of plain names (a mount's source and target).
+FOLDER_PATH = re.compile(r"[\w.@+-]+(/[\w.@+-]+)*")
+
+
+def inside(name: str, folder: str) -> bool:
+    """Whether the project path name is folder or lies in it ("." holds everything)."""
+    return folder == "." or name == folder or name.startswith(folder + "/")
+
+
+def writable_folders(env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The folders WRITABLE names, as paths in the project ("." for all of it), and a
+    sentence with its fix for each entry that cannot be one (refused at `make up`)."""
+    folders, problems = [], []
+    for entry in (env.get("WRITABLE") or DEFAULT_WRITABLE).replace(",", " ").split():
+        name = os.path.normpath(entry)
+        if entry.startswith("/") or not (name == "." or FOLDER_PATH.fullmatch(name)) or name.split("/")[0] == "..":
+            problems.append(f"WRITABLE in .env: {entry!r} is not a folder in the project; name folders by their "
+                            "path in it, e.g. WRITABLE=\"src notebooks data/raw\"")  # fmt: skip
+        elif any(inside(name, executed) for executed in HOST_EXECUTED) or inside(name, ".git") and name != ".git":
+            problems.append(f"WRITABLE in .env: {entry} is what the host executes (or git's own files), and stays "
+                            "read-only in the container; change it on the host, and take it out of WRITABLE")  # fmt: skip
+        elif (PROJECT / name).is_symlink() and not (PROJECT / name).is_dir():
+            problems.append(f"WRITABLE in .env: {entry} is a link to {os.readlink(PROJECT / name)}, which is not a "
+                            "folder here; make that folder, or take the link out of WRITABLE")  # fmt: skip
+        elif os.path.lexists(PROJECT / name) and not (PROJECT / name).is_dir() and name != ".git":
+            problems.append(f"WRITABLE in .env: {entry} is a file, and WRITABLE names folders (a file mounted on its "
+                            "own would stop following edits on the host); edit it on the host, or WRITABLE=.")  # fmt: skip
+        elif name not in folders:
+            folders.append(name)
+    for name in [name for name in folders if name != "." and (PROJECT / name).is_symlink()]:
+        # A link is mounted as the folder it points to (a dataset on another disk), where
+        # the container cannot have made it: in a folder it may not write.
+        parent = os.path.dirname(name) or "."
+        if any(inside(parent, folder) for folder in folders):
+            problems.append(f"WRITABLE in .env: {name} is a link (to {os.readlink(PROJECT / name)}) inside a folder the "
+                            "container may write, so code in it may have made it; replace it with a folder, or name "
+                            "the link's place at the project's top level")  # fmt: skip
+            folders.remove(name)
+    return folders, problems
+
+
+def create_writable_folders(folders: list[str]) -> list[Path]:
+    """The writable folders that do not exist yet, created as you (as root: as the
+    project's owner) before Docker would create them as root. Returns the ones created."""
+    created = []
+    for name in folders:
+        if name in (".", ".git"):
+            continue
+        parts = Path(name).parts
+        for path in [PROJECT.joinpath(*parts[: depth + 1]) for depth in range(len(parts))]:
+            if not os.path.lexists(path):
+                path.mkdir()
+                give_to_project_owner(path)
+                created.append(path)
+    git = PROJECT / ".git"
+    if ".git" in folders and git.is_dir() and not git.is_symlink():
+        # Mounted read-only over the writable .git, so they must exist (as git init makes them).
+        for path, make in ((git / "hooks", Path.mkdir), (git / "config", Path.touch)):
+            if not os.path.lexists(path):
+                make(path)
+                give_to_project_owner(path)
+    return created
+
+
+def bind(name: str, read_only: bool = False) -> str:
+    """One bind mount of the project path name, as a line of the mounts file."""
+    source = "." if name == "." else f"./{name}"
+    target = "/workspace" if name == "." else f"/workspace/{name}"
+    fields = f"type: bind, source: {json.dumps(source)}, target: {json.dumps(target)}"
+    return "      - {" + fields + (", read_only: true" if read_only else "") + "}\n"
+
+
+def by_depth(names: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Mounts in the order they must be made: a folder before what is mounted inside it."""
+    return sorted(names, key=lambda mount: 0 if mount[0] == "." else mount[0].count("/") + 1)
+
+
+def mounts_text(folders: list[str]) -> str:
+    """The mounts file. The lab service's project at /workspace: read-only but for the
+    writable folders (.git only where it is a folder, not a linked worktree's .git file),
+    and in them what the host executes, read-only again. The lock service's: writable (it
+    writes the lock files) but for what the host executes and git's folder."""
+    git_folder = (PROJECT / ".git").is_dir() and not (PROJECT / ".git").is_symlink()
+    writable = [
+        name for name in folders if name != "." and (PROJECT / name).is_dir() and (name != ".git" or git_folder)
+    ]
+    lab = [(".", "." not in folders)] + [(name, False) for name in writable]
+    roots = [name for name, read_only in lab if not read_only]
+    executed = [name for name in HOST_EXECUTED if (PROJECT / name).exists() or name == MOUNTS_FILE.name]
+    lab += [(name, True) for name in executed if any(inside(name, root) for root in roots)]
+    lock = [(".", False)] + [(name, True) for name in executed if not inside(name, ".git")]
+    lock += [(".git", True)] if (PROJECT / ".git").exists() else []
+    return f"""# Written by docker/setup_env.py from WRITABLE in .env (every `make` target that starts
+# Docker rewrites it: edit .env, not this file). The project's mounts, which compose.yaml's
+# services take by `extends`: the lab container may write the WRITABLE folders; what the
+# host executes (Makefile, docker/, .devcontainer/, compose files, .env, git's hooks and
+# config) stays read-only inside them, so code run in a notebook cannot plant a command
+# for the host's next `make` or commit (README "What the container may change").
+# WRITABLE={" ".join(folders)}
+services:
+  lab:
+    volumes:
+{"".join(bind(name, read_only) for name, read_only in by_depth(lab))}  lock:
+    volumes:
+{"".join(bind(name, read_only) for name, read_only in by_depth(lock))}"""
+
+
+def git_problem() -> str | None:
+    """A .git/commondir in the project's own git folder: git on the host would read its
+    config and hooks from where it points. Git writes one only in a linked worktree's
+    folder (.git/worktrees/NAME), never here: something else did, the container perhaps."""
+    commondir = PROJECT / ".git" / "commondir"
+    if (PROJECT / ".git").is_dir() and os.path.lexists(commondir):
+        return (
+            ".git/commondir exists: git on the host would take its config and hooks from where it points, and git "
+            "never writes it in a project's own .git; look at it (cat .git/commondir), then remove it"
+        )
+    return None
+
+
+def write_mounts_file(env: dict[str, str]) -> tuple[list[Path], list[str]]:
+    """The mounts file from WRITABLE, after creating the writable folders that are missing.
+    Returns the folders created, and what `make up` refuses (entries that cannot be
+    writable folders, a planted .git/commondir)."""
+    folders, problems = writable_folders(env)
+    created = create_writable_folders(folders)
+    text = mounts_text(folders)
+    if MOUNTS_FILE.is_symlink() or not MOUNTS_FILE.is_file() or decode_env(MOUNTS_FILE.read_bytes())[0] != text:
+        write_replacing(MOUNTS_FILE, text, 0o644)
+    return created, problems + [problem for problem in [git_problem()] if problem]
+
+
+# ---------------------------------------------------------------------------------------
 # Who holds a port
 # ---------------------------------------------------------------------------------------
 
@@ -1261,16 +1425,19 @@ def main(argv: list[str] | None = None) -> int:
             problem = gpu_devices_problem(env)
             if problem is None:
                 problem = write_leased_gpu_file(env, starting=args.preflight)
+            _, mount_problems = write_mounts_file(env)
     except EnvError as error:
         # Nothing is written from a file this script cannot read; as with GPU_DEVICES
         # below, only starting is refused.
         print(f"{'ERROR' if args.preflight else 'WARNING'}: {error}", file=sys.stderr)
         return 1 if args.preflight else 0
-    if problem is not None and not args.preflight:
-        # Stopping, removing or entering what runs must still work; only starting is refused.
-        print(f"WARNING: {problem}", file=sys.stderr)
-        return 0
     problems = [problem] if problem else []
+    problems += mount_problems
+    if problems and not args.preflight:
+        # Stopping, removing or entering what runs must still work; only starting is refused.
+        for found in problems:
+            print(f"WARNING: {found}", file=sys.stderr)
+        return 0
     if args.preflight:
         engine = engine_mode_problem(env, detect_engine(docker_info_text())) or podman_problem(env)
         problems += [found for found in (port_problem(env), engine and ": ".join(engine)) if found]
