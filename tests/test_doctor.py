@@ -292,3 +292,36 @@ def test_the_ids_of_a_valid_env_are_compared_as_before(cpu_project, tmp_path):
     if hasattr(os, "getuid") and os.getuid() != 0:
         assert "WARN  .env has USER_UID/USER_GID 54321/" in out
     assert "`.env` line" not in out
+
+
+def test_a_docker_socket_the_user_may_not_use_is_named_with_what_to_ask_for(bake, tmp_path):
+    """What a student on a lab server meets first: the real docker CLI against a socket
+    this user may not open (issue #27). Root may open any socket, so as root the check
+    runs as nobody, on a copy of the project nobody can read."""
+    project = bake().project_path
+    socket_path = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(socket_path))
+        server.listen()
+        os.chmod(socket_path, 0)  # not even its owner may connect
+        env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "DOCKER_HOST": f"unix://{socket_path}"}
+        command = [sys.executable, "docker/doctor.py"]
+        if os.geteuid() == 0:
+            command = ["python3", "docker/doctor.py"]  # the host's, as `make doctor` runs it
+            readable = Path("/tmp") / f"doctor-{os.getpid()}"
+            run(["cp", "-a", str(project), str(readable)])
+            try:
+                for folder in (tmp_path, readable):
+                    run(["chmod", "-R", "a+rX", str(folder)])
+                result = run(["runuser", "-u", "nobody", "--", "env", *(f"{k}={v}" for k, v in env.items()), *command],
+                             cwd=readable)  # fmt: skip
+            finally:
+                run(["rm", "-rf", str(readable)])
+            user = "nobody"
+        else:
+            result = run(command, cwd=project, env=env)
+            user = os.environ.get("USER", "")
+    assert f"FAIL  permission denied on the Docker engine's socket ({socket_path})" in result.stdout, result.stdout
+    assert "your user is not in the `docker` group" in result.stdout
+    assert f"sudo usermod -aG docker {user}" in result.stdout and "Docker without root" in result.stdout
+    assert "the Docker engine does not answer" not in result.stdout

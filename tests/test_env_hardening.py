@@ -211,3 +211,25 @@ def test_doctor_names_a_hung_nvidia_smi_within_seconds(project, hung_smi):
     assert "FAIL  nvidia-smi did not answer within 5 s: the NVIDIA driver or a GPU hangs" in result.stdout
     assert "driver is not loaded" not in result.stdout and "WARNING: nvidia-smi" not in result.stderr
     assert elapsed < 20, f"doctor waited {elapsed:.0f} s on nvidia-smi"  # 60 s before
+
+
+def test_make_jupyter_in_an_ssh_session_prints_the_tunnel_for_this_clones_port(project):
+    """On a lab server reached over SSH, Jupyter listens on the server's 127.0.0.1: `make
+    jupyter` prints the `ssh -L` line for this clone's port (issue #27)."""
+    port = env_values(project / ".env")["JUPYTER_HOST_PORT"]
+    over_ssh = run(
+        ["make", "-s", "jupyter"], cwd=project, env={**os.environ, "SSH_CONNECTION": "10.0.0.9 51234 10.0.0.5 2222"}
+    )
+    assert over_ssh.returncode == 0, over_ssh.stderr
+    [tunnel] = [line.strip() for line in over_ssh.stdout.splitlines() if line.strip().startswith("ssh ")]
+    assert tunnel.startswith(f"ssh -N -L {port}:127.0.0.1:{port} -p 2222 ") and tunnel.endswith("@10.0.0.5")
+    on_22 = run(
+        ["make", "-s", "jupyter"], cwd=project, env={**os.environ, "SSH_CONNECTION": "10.0.0.9 51234 10.0.0.5 22"}
+    )
+    assert " -p " not in on_22.stdout and f"-L {port}:127.0.0.1:{port} " in on_22.stdout
+    local = run(
+        ["make", "-s", "jupyter"], cwd=project, env={k: v for k, v in os.environ.items() if k != "SSH_CONNECTION"}
+    )
+    assert local.stdout.strip().splitlines() == [
+        f"http://127.0.0.1:{port}/lab?token={env_values(project / '.env')['JUPYTER_TOKEN']}"
+    ]

@@ -181,6 +181,12 @@ def check_team_settings(doctor: Doctor, env: dict[str, str] | None) -> None:
         doctor.ok(f"{key}={value or '(unset)'}  from {where}")
 
 
+# The Docker CLI's words when the engine's socket refuses this user.
+SOCKET_DENIED = re.compile(
+    r"permission denied while trying to connect to the Docker daemon socket at (?:unix://)?([^\s:]+)", re.IGNORECASE
+)
+
+
 def docker_info() -> dict[str, str] | None:
     """`docker info`'s "Key: value" lines (plain text: the same on every engine version)."""
     result = run(["docker", "info"])
@@ -197,6 +203,19 @@ def check_docker(doctor: Doctor) -> dict[str, str] | None:
         return None
     info = docker_info()
     if info is None:
+        answer = run(["docker", "info"])
+        denied = SOCKET_DENIED.search(answer.stdout + answer.stderr if answer else "")
+        if denied:
+            # What a student on a lab server meets first: an engine they are not allowed to use.
+            user = setup_env.user_name(str(os.getuid())) or "YOUR_USER"
+            doctor.fail(
+                f"permission denied on the Docker engine's socket ({denied[1]}): your user is not in the "
+                "`docker` group (`id` lists your groups)",
+                f"ask the server's admin to add you (`sudo usermod -aG docker {user}`), then "
+                "log out and in again; membership is as good as root on this server, so some labs say no: then "
+                'rootless Docker or Podman, which need no group (README "Docker without root")',
+            )
+            return None
         doctor.fail(
             "the Docker engine does not answer",
             "start it (sudo systemctl start docker, or Docker Desktop) and check you may use it (docker info)",

@@ -793,6 +793,20 @@ def jupyter_url(env: dict[str, str]) -> str:
     return f"http://127.0.0.1:{setting(env, 'JUPYTER_HOST_PORT')}/lab?token={token}"
 
 
+def ssh_tunnel(env: dict[str, str]) -> str | None:
+    """In an SSH session (a lab server), the command that brings this clone's Jupyter to
+    the computer the user sits at: Jupyter listens on the server's 127.0.0.1 only. The
+    server's address and port as this session reached them (SSH_CONNECTION)."""
+    connection = os.environ.get("SSH_CONNECTION", "").split()
+    if len(connection) != 4:
+        return None
+    port = setting(env, "JUPYTER_HOST_PORT")
+    server, server_port = connection[2], connection[3]
+    user = user_name(str(os.getuid())) or getpass.getuser()
+    via = "" if server_port == "22" else f" -p {server_port}"
+    return f"ssh -N -L {port}:127.0.0.1:{port}{via} {user}@{server}"
+
+
 def ensure_env(overrides: dict[str, str] | None = None, quiet: bool = False) -> str:
     """Create .env from .env.example, or append the keys it lacks. Returns what happened:
     "created", "completed" or "kept"."""
@@ -1414,6 +1428,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ERROR: {error}", file=sys.stderr)
             return 1
         print(setting(env, args.get) if args.get else jupyter_url(env))
+        tunnel = ssh_tunnel(env) if args.jupyter_url else None
+        if tunnel:
+            print(f"This is an SSH session: on your own computer, run\n  {tunnel}\nthen open the address above there.")
         return 0
     try:
         with settings_lock():
