@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, copy_working_tree
+from conftest import TEMPLATE, copy_working_tree, template_rules
 
 PROJECT_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug}}"
 PROJECT_README = PROJECT_TEMPLATE / "README.md"
@@ -188,3 +188,18 @@ def test_the_next_steps_cd_into_the_project_from_where_cookiecutter_ran(tmp_path
     [cd] = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("cd ")]
     assert cd == f"cd {shown}"
     assert (here / shown / "Makefile").is_file()
+
+
+# A web address run on into Hangul: Markdown viewers link the Hangul too, and the link 404s.
+URL_INTO_HANGUL = re.compile(r"https?://[^\s<>()`\"'\]]*[\uac00-\ud7a3]")
+
+
+def test_no_address_in_a_korean_readme_runs_on_into_hangul(bake):
+    """Every CUDA build of both frameworks (the PyTorch index address of the builds that
+    come without a lock included), in the Korean project README, and the template's."""
+    table = template_rules.load_table()
+    for framework, facts in table["frameworks"].items():
+        for cuda in facts["cuda"]:
+            readme = bake(framework=framework, cuda_version=cuda, readme_language="ko").project_path / "README.md"
+            assert URL_INTO_HANGUL.findall(readme.read_text(encoding="utf-8")) == [], (framework, cuda)
+    assert URL_INTO_HANGUL.findall((TEMPLATE / "README.ko.md").read_text(encoding="utf-8")) == []
