@@ -9,7 +9,13 @@ OUTPUT_DIR ?= build
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
+# The tools need Python 3.11 or newer and its venv module, which Debian and Ubuntu ship
+# apart (python3-venv); said in one line here rather than as ensurepip's or pip's errors.
 $(BIN)/pytest: requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "$(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(none)'), and the template's tools need 3.11 or newer: on Ubuntu 22.04, sudo apt install python3.11 python3.11-venv, then make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "$(PYTHON) has no venv module: sudo apt install python3-venv (for python3.11: python3.11-venv)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.txt
 	@touch $@

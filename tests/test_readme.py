@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -203,3 +204,39 @@ def test_no_address_in_a_korean_readme_runs_on_into_hangul(bake):
             readme = bake(framework=framework, cuda_version=cuda, readme_language="ko").project_path / "README.md"
             assert URL_INTO_HANGUL.findall(readme.read_text(encoding="utf-8")) == [], (framework, cuda)
     assert URL_INTO_HANGUL.findall((TEMPLATE / "README.ko.md").read_text(encoding="utf-8")) == []
+
+
+def older_python() -> str | None:
+    """A real Python older than 3.11 on this machine (Ubuntu 22.04 ships 3.10): one pyenv
+    installed, or one on PATH, that runs."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [
+        *sorted(map(str, pyenv.glob("3.10.*/bin/python3"))),
+        *sorted(map(str, pyenv.glob("3.9.*/bin/python3"))),
+    ]
+    candidates += [found for found in map(shutil.which, ("python3.10", "python3.9")) if found]
+    for python in candidates:
+        ran = subprocess.run([python, "-c", "import sys; sys.exit(sys.version_info >= (3, 11))"], capture_output=True,
+                             check=False)  # fmt: skip
+        if ran.returncode == 0:
+            return python
+    return None
+
+
+def test_the_quick_start_on_an_older_python_says_in_one_line_how_to_get_a_newer_one(tmp_path):
+    """`make project` with Ubuntu 22.04's Python 3.10: one line naming the version and the
+    commands for 3.11, and no half-made .venv (issue #27)."""
+    python = older_python()
+    if python is None:
+        pytest.skip("no Python older than 3.11 here (python3.10 on PATH, or pyenv's)")
+    shutil.copy(TEMPLATE / "Makefile", tmp_path / "Makefile")
+    shutil.copy(TEMPLATE / "requirements-dev.txt", tmp_path / "requirements-dev.txt")
+    result = subprocess.run(["make", "project", f"PYTHON={python}"], cwd=tmp_path, capture_output=True, text=True,
+                            check=False)  # fmt: skip
+    version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert result.returncode != 0
+    [line] = [line for line in result.stderr.splitlines() if not line.startswith("make: ***")]
+    assert f"is Python {version}, and the template's tools need 3.11 or newer" in line
+    assert line.endswith("sudo apt install python3.11 python3.11-venv, then make project PYTHON=python3.11")
+    assert not (tmp_path / ".venv").exists()
