@@ -20,8 +20,11 @@ $(BIN)/pytest: requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.txt
 	@touch $@
 
-project: $(BIN)/pytest ## Generate a project with the default answers into build/
-	$(BIN)/cookiecutter --no-input . --output-dir $(OUTPUT_DIR)
+# ANSWERS: answers to some of the questions, as key=value words, e.g.
+# ANSWERS="readme_language=ko framework=tensorflow"; the other questions keep their defaults.
+project: $(BIN)/pytest ## Generate a project into build/, asking nothing: the defaults, or ANSWERS="readme_language=ko ..."
+	@$(BIN)/python scripts/check_answers.py $(ANSWERS)
+	$(BIN)/cookiecutter --no-input . --output-dir $(OUTPUT_DIR) $(ANSWERS)
 
 test: $(BIN)/pytest ## Run the tests (about 7 min); RUN_DOCKER_TESTS=1 adds the Docker tier (about 50 min, 6-7 GB images)
 	$(BIN)/python -m pytest

@@ -67,12 +67,18 @@ def keys_run_by_tests() -> set[str]:
     return found
 
 
+# The Korean quick start's one difference: its project's README is Korean too.
+KOREAN_ANSWER = ' ANSWERS="readme_language=ko"'
+
+
 @pytest.mark.parametrize("which", sorted(READMES))
 def test_the_korean_readme_holds_the_same_commands_and_structure(which):
     english, korean = READMES[which]
     assert korean.is_file(), f"{korean.relative_to(TEMPLATE)} is missing"
     en, ko = english.read_text(encoding="utf-8"), korean.read_text(encoding="utf-8")
-    assert fenced_blocks(korean) == fenced_blocks(english)
+    as_in_english = [(info, body.replace(f"make project{KOREAN_ANSWER}", "make project"))
+                     for info, body in fenced_blocks(korean)]  # fmt: skip
+    assert as_in_english == fenced_blocks(english)
     for pattern in (r"^## ", r"^### ", r"^\|"):  # sections, subsections, table rows
         assert len(re.findall(pattern, ko, re.MULTILINE)) == len(re.findall(pattern, en, re.MULTILINE)), pattern
     assert re.findall(r"\]\((https?://[^)]+)\)", ko) == re.findall(r"\]\((https?://[^)]+)\)", en)
@@ -240,3 +246,24 @@ def test_the_quick_start_on_an_older_python_says_in_one_line_how_to_get_a_newer_
     assert f"is Python {version}, and the template's tools need 3.11 or newer" in line
     assert line.endswith("sudo apt install python3.11 python3.11-venv, then make project PYTHON=python3.11")
     assert not (tmp_path / ".venv").exists()
+
+
+def test_the_korean_quick_start_writes_a_korean_project_and_answers_are_checked(tmp_path):
+    """README.ko's `make project` line (issue #27): the project's README is Korean. A word
+    of ANSWERS that is no question, or no choice of it, stops before anything is written,
+    naming it (cookiecutter itself ignores unknown keys)."""
+    generate = readme_block(TEMPLATE / "README.ko.md", "quick-start")[0].split("#")[0].strip()
+    assert generate.endswith(KOREAN_ANSWER)
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    made = subprocess.run(f"{generate} OUTPUT_DIR={tmp_path / 'out'}", shell=True, cwd=TEMPLATE, env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    readme = (tmp_path / "out" / "gpu_lab" / "README.md").read_text(encoding="utf-8")
+    assert len(HANGUL.findall(readme)) > 500
+    for answers, named in (("readme_langage=ko", "'readme_langage' is not a question of the template"),
+                           ("readme_language=kr", "readme_language='kr' is not one of its choices: en, ko, en+ko"),
+                           ("ko", "'ko' is not key=value")):  # fmt: skip
+        refused = subprocess.run(["make", "project", f"ANSWERS={answers}", f"OUTPUT_DIR={tmp_path / answers}"],
+                                 cwd=TEMPLATE, env=env, capture_output=True, text=True, check=False)  # fmt: skip
+        assert refused.returncode != 0 and f"ANSWERS: {named}" in refused.stderr, refused.stderr
+        assert not (tmp_path / answers).exists()
