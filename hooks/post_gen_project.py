@@ -118,15 +118,13 @@ def hand_over_to_configured_user(paths: list[PurePosixPath], uid: int, gid: int)
     template_rules.hand_over(PROJECT, paths, uid, gid)
 
 
-def first_lock_note(lock_shipped: bool) -> str:
+def first_lock_note(lock_shipped: bool, language: str) -> str:
     """Builds from PyTorch's index come without a lock: say who writes it, before `make up`."""
     if lock_shipped:
         return ""
     lock = template_rules.MANAGER_FILES[ANSWERS["dependency_manager"]][1]
-    return (
-        f"  make lock         # first: writes {lock}. CUDA {ANSWERS['cuda_version']} builds come from PyTorch's index\n"
-        f"                    # {ANSWERS['__wheel_index']}, which generation does not reach: run it where it is reachable\n"
-    )
+    note = template_rules.NOTES[language]["first_lock"]
+    return note.format(lock=lock, cuda=ANSWERS["cuda_version"], index=ANSWERS["__wheel_index"])
 
 
 def where_to_cd() -> str:
@@ -142,27 +140,20 @@ def where_to_cd() -> str:
 
 
 def print_next_steps(env_written: bool, updatable: bool, lock_shipped: bool) -> None:
-    host_port = ANSWERS["jupyter_host_port"]
-    note = "" if env_written else "  (.env existed and was kept, token included)\n"
-    if not updatable:
-        note += (
-            "  (the template had no git history: no .cruft.json; "
-            "`cruft link <template git URL>` links the project for updates later)\n"
-        )
+    """What to do next, in the language of the project's README (words.NEXT_STEPS)."""
+    language = template_rules.spoken(ANSWERS["readme_language"])
+    notes = template_rules.NOTES[language]
+    shown = ([] if env_written else [notes["env_kept"]]) + ([] if updatable else [notes["no_record"]])
     print(
-        f"""
-Project written to {PROJECT}
-{note}
-Next steps:
-  cd {where_to_cd()}
-  make doctor       # checks Docker, the NVIDIA driver and toolkit, the port, the folders
-{first_lock_note(lock_shipped)}  make up           # docker compose up --build -d (GPU host: NVIDIA Container Toolkit)
-  make gpu-test     # which GPU and CUDA the framework uses, and the speedup
-GPU or CPU: .env's COMPOSE_FILE (chosen from `docker info`: the NVIDIA runtime or not).
-
-Jupyter: http://127.0.0.1:{host_port}/lab?token=<JUPYTER_TOKEN from .env>  (make jupyter prints it)
-The NVIDIA driver on the host must be >= {ANSWERS["__min_driver"]} for CUDA {ANSWERS["cuda_version"]} (nvidia-smi shows it; README: Choosing the CUDA build).
-"""
+        template_rules.NEXT_STEPS[language].format(
+            project=PROJECT,
+            notes="".join(f"{note}\n" for note in shown),
+            cd=where_to_cd(),
+            first_lock=first_lock_note(lock_shipped, language),
+            port=ANSWERS["jupyter_host_port"],
+            min_driver=ANSWERS["__min_driver"],
+            cuda=ANSWERS["cuda_version"],
+        )
     )
 
 

@@ -23,7 +23,7 @@ import types
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent / "rules"
-_MODULES = ("table", "host", "answers", "files", "update", "jinja")
+_MODULES = ("words", "table", "host", "answers", "files", "update", "jinja")
 
 
 def _load_package() -> types.ModuleType:

@@ -82,8 +82,10 @@ def test_the_korean_readme_holds_the_same_commands_and_structure(which):
     for pattern in (r"^## ", r"^### ", r"^\|"):  # sections, subsections, table rows
         assert len(re.findall(pattern, ko, re.MULTILINE)) == len(re.findall(pattern, en, re.MULTILINE)), pattern
     assert re.findall(r"\]\((https?://[^)]+)\)", ko) == re.findall(r"\]\((https?://[^)]+)\)", en)
-    # Jinja statements and expressions: the same ones, in the same order.
-    assert re.findall(r"{%.*?%}", ko, re.DOTALL) == re.findall(r"{%.*?%}", en, re.DOTALL)
+    # Jinja statements and expressions: the same ones, in the same order (the Korean build
+    # table asks for its words in Korean).
+    ko_statements = [statement.replace(', "ko")', ")") for statement in re.findall(r"{%.*?%}", ko, re.DOTALL)]
+    assert ko_statements == re.findall(r"{%.*?%}", en, re.DOTALL)
     assert sorted(re.findall(r"{{.*?}}", ko, re.DOTALL)) == sorted(re.findall(r"{{.*?}}", en, re.DOTALL))
     assert len(HANGUL.findall(ko)) > 500 and not HANGUL.findall(en.replace("한국어", ""))
     assert "(README.md)" in ko and "(README.ko.md)" in en  # each links to the other
@@ -267,3 +269,47 @@ def test_the_korean_quick_start_writes_a_korean_project_and_answers_are_checked(
                                  cwd=TEMPLATE, env=env, capture_output=True, text=True, check=False)  # fmt: skip
         assert refused.returncode != 0 and f"ANSWERS: {named}" in refused.stderr, refused.stderr
         assert not (tmp_path / answers).exists()
+
+
+# English prose: three or more Latin-script words in a row, separated by spaces only (a
+# list of names, "RHEL, Rocky, Alma", is no sentence).
+LATIN_PROSE = re.compile(r"[A-Za-z][A-Za-z'’-]*(?: [A-Za-z][A-Za-z'’-]*){2,}")
+# Names that stay as they are in Korean text: products and what an editor's menu says.
+KEPT_NAMES = ("NVIDIA Container Toolkit", "Docker Desktop", "VS Code", "Dev Containers", "Reopen in Container")
+
+
+def latin_prose(markdown: str) -> list[str]:
+    """English sentences left in Korean Markdown: outside code blocks and code spans,
+    link targets, web addresses, quoted messages (the exact words a tool prints) and names."""
+    text = FENCE.sub("", markdown)
+    text = re.sub(r"`[^`]*`", "", text)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    text = re.sub(r"<https?://[^>]*>|https?://\S+", "", text)
+    text = re.sub(r'"[^"\n]*"', "", text)
+    for name in KEPT_NAMES:
+        text = text.replace(name, "")
+    return LATIN_PROSE.findall(text)
+
+
+def test_a_korean_project_speaks_korean_in_its_readme_next_steps_and_make_help(bake):
+    """Every Korean project README variant (both frameworks, every manager, every CUDA
+    build: the build table included) has no English prose outside code, names and
+    commands; the message after generation and `make help` are Korean too (issue #27)."""
+    table = template_rules.load_table()
+    for framework, facts in table["frameworks"].items():
+        for manager in ("uv", "pip", "poetry"):
+            for cuda in facts["cuda"]:
+                baked = bake(framework=framework, cuda_version=cuda, dependency_manager=manager, readme_language="ko")
+                readme = (baked.project_path / "README.md").read_text(encoding="utf-8")
+                assert latin_prose(readme) == [], (framework, manager, cuda)
+    assert "다음 단계:" in baked.output and "Next steps" not in baked.output
+    assert latin_prose(baked.output.split("다음 단계:")[1].split("Jupyter:")[0]) == []
+    shown = subprocess.run(["make", "help"], cwd=baked.project_path, capture_output=True, text=True, check=True).stdout
+    lines = shown.strip().splitlines()
+    assert len(lines) == len(template_rules.MAKE_HELP["ko"])
+    assert all(HANGUL.search(line) for line in lines) and latin_prose(shown) == []
+    english = bake(readme_language="en+ko")
+    assert "Next steps:" in english.output
+    shown = subprocess.run(["make", "help"], cwd=english.project_path, capture_output=True, text=True, check=True)
+    assert "make up         Build if needed and start the environment in the background" in shown.stdout
+    assert latin_prose((TEMPLATE / "README.ko.md").read_text(encoding="utf-8")) == []

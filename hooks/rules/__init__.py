@@ -1,5 +1,6 @@
 """The template's rules, one module per concern:
 
+- ``words``: what a project says to a person, in English and Korean (one catalogue);
 - ``table``: the compatibility table (compat.yaml), labels, values derived from the answers, shipped locks;
 - ``host``: GPUs and builds, nvidia-smi, the defaults read from the host;
 - ``answers``: validation of the answers;

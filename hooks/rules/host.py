@@ -14,6 +14,7 @@ from functools import cache
 from . import table as compat
 from .answers import RESERVED_IDS
 from .table import PROJECT_TEMPLATE, _version_tuple, build_spec, built_cuda, framework_version, load_module, min_driver
+from .words import GUIDE
 
 
 def _capability(text: str) -> tuple[int, int] | None:
@@ -38,11 +39,11 @@ def arch_support(arch_list: list[str], capability: str) -> str | None:
     return _project_gpu_test().kernels_for(arch_list, capability)
 
 
-def gpu_generation(table: dict, capability: str) -> str:
+def gpu_generation(table: dict, capability: str, language: str = "en") -> str:
     """A GPU generation's name (Pascal, Hopper, ...) for a compute capability."""
     names = table["gpu_generations"]
     major = str(capability).split(".")[0]
-    return names.get(str(capability)) or names.get(major) or f"compute capability {capability}"
+    return names.get(str(capability)) or names.get(major) or GUIDE[language]["capability"].format(capability=capability)
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,12 @@ class GuideRow:
     also: str
 
 
-def build_guide(table: dict, framework: str) -> list[GuideRow]:
+def build_guide(table: dict, framework: str, language: str = "en") -> list[GuideRow]:
     """The project README's "your nvidia-smi shows ... -> choose ..." table, worked out
     with ``default_cuda`` itself for one GPU of each generation (compat.yaml:
     gpu_examples) at every driver threshold the framework's builds have. Thresholds and
-    generations with the same answer share a row."""
+    generations with the same answer share a row. Its words in ``language`` (en, ko)."""
+    say = GUIDE[language]
     builds = table["frameworks"][framework]["cuda"]
     thresholds = sorted(
         {min_driver(table, cuda) for cuda in builds} | {table["cuda"][cuda]["toolkit_driver"] for cuda in builds},
@@ -106,7 +108,7 @@ def build_guide(table: dict, framework: str) -> list[GuideRow]:
                 key=_version_tuple,
                 reverse=True,
             )
-            note = " (PTX, compiled on first use)" if fits[choice] == "ptx" else ""
+            note = say["ptx"] if fits[choice] == "ptx" else ""
             rows.append((capability, f"`{choice}`{note}", ", ".join(f"`{cuda}`" for cuda in others)))
         return rows
 
@@ -116,23 +118,23 @@ def build_guide(table: dict, framework: str) -> list[GuideRow]:
         answered = [(choose, also) for _, choose, also in answers_at(driver)]
         if not bands or bands[-1][1] != answered:
             bands.append((driver, answered))
-    guide = [GuideRow(f"below {thresholds[0]}", "any", "none: update the driver", "")]
+    guide = [GuideRow(say["below"].format(driver=thresholds[0]), say["any"], say["update"], "")]
     for index, (driver, answered) in enumerate(bands):
         upper = bands[index + 1][0] if index + 1 < len(bands) else None
-        drivers = f"{driver} to below {upper}" if upper else f"{driver} or newer"
+        drivers = say["between"].format(low=driver, high=upper) if upper else say["from"].format(driver=driver)
         start = 0
         while start < len(examples):
             end = start
             while end + 1 < len(examples) and answered[end + 1] == answered[start]:
                 end += 1
             first, last = examples[start][0], examples[end][0]
-            names = gpu_generation(table, first)
-            if last != first and gpu_generation(table, last) != names:
-                names += f" to {gpu_generation(table, last)}"
-            span = first if first == last else f"{first} to {last}"
+            names = gpu_generation(table, first, language)
+            if last != first and gpu_generation(table, last, language) != names:
+                names = say["generations"].format(first=names, last=gpu_generation(table, last, language))
+            span = first if first == last else say["capabilities"].format(first=first, last=last)
             gpus = f"{names}, {span}: " + "; ".join(example for _, example in examples[start : end + 1])
             choose, also = answered[start]
-            guide.append(GuideRow(drivers, gpus, choose or "none of this framework's builds", also))
+            guide.append(GuideRow(drivers, gpus, choose or say["no_build"], also))
             start = end + 1
     return guide
 

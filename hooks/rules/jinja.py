@@ -14,6 +14,7 @@ from .answers import JINJA_MARKERS, Problem, refuse, validate
 from .host import build_guide, default_cuda, host_gpus, host_ids
 from .table import MANAGER_FILES, build_spec, derive, env_layers, lock_is_shipped, min_driver, requirements
 from .update import cruft_record
+from .words import make_help
 
 
 def install_jinja(environment) -> None:
@@ -43,8 +44,13 @@ def install_jinja(environment) -> None:
         }
         for cuda, spec in compat.load_table()["frameworks"][answers["framework"]]["cuda"].items()
     }
-    # The README's "your nvidia-smi shows ... -> choose ..." rows for the project's framework.
-    environment.globals["build_guide"] = lambda answers: build_guide(compat.load_table(), answers["framework"])
+    # The README's "your nvidia-smi shows ... -> choose ..." rows for the project's framework,
+    # in the README's language (README.ko.md asks for "ko").
+    environment.globals["build_guide"] = lambda answers, language="en": build_guide(
+        compat.load_table(), answers["framework"], language
+    )
+    # `make help`'s line for a target, in the language the project speaks (readme_language).
+    environment.globals["make_help"] = lambda answers, target: make_help(answers["readme_language"], target)
     # Whether the template ships this project's lock (index builds: the first `make lock`).
     environment.globals["lock_shipped"] = lambda answers: lock_is_shipped(dict(answers))
     # Where the hooks import template_rules from (hooks/): absolute, because cookiecutter's
