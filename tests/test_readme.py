@@ -313,3 +313,19 @@ def test_a_korean_project_speaks_korean_in_its_readme_next_steps_and_make_help(b
     shown = subprocess.run(["make", "help"], cwd=english.project_path, capture_output=True, text=True, check=True)
     assert "make up         Build if needed and start the environment in the background" in shown.stdout
     assert latin_prose((TEMPLATE / "README.ko.md").read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize("cuda", ["13.0", "12.6"])
+def test_the_first_run_numbers_its_steps_and_an_index_build_starts_with_make_lock(bake, cuda):
+    """A build from PyTorch's index (12.6) comes without a lock: writing it is a numbered
+    first-run step before `make up`, in both languages; the other steps follow on."""
+    project = bake(cuda_version=cuda, readme_language="en+ko").project_path
+    shipped = template_rules.lock_is_shipped({"framework": "pytorch", "cuda_version": cuda, "dependency_manager": "uv",
+                                              "python_version": "3.12"})  # fmt: skip
+    for name, heading in (("README.md", "## First run"), ("README.ko.md", "## 처음 실행하기")):
+        section = (project / name).read_text(encoding="utf-8").split(heading)[1].split("\n## ")[0]
+        steps = re.findall(r"^(\d+)\. (.*)$", section, re.MULTILINE)
+        assert [int(number) for number, _ in steps] == list(range(1, len(steps) + 1)), name
+        assert len(steps) == (5 if shipped else 6), name
+        lock_step = [text for _, text in steps if "lock" in text]
+        assert bool(lock_step) is not shipped and (shipped or steps[2][1] == lock_step[0]), name
