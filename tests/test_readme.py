@@ -329,3 +329,18 @@ def test_the_first_run_numbers_its_steps_and_an_index_build_starts_with_make_loc
         assert len(steps) == (5 if shipped else 6), name
         lock_step = [text for _, text in steps if "lock" in text]
         assert bool(lock_step) is not shipped and (shipped or steps[2][1] == lock_step[0]), name
+
+
+def test_the_korean_readmes_keep_to_the_glossary(bake):
+    """One Korean word per concept and one politeness level (words.GLOSSARY): no variant it
+    replaces in the prose of the template's README.ko or of a Korean project's README."""
+    readmes = {"template": (TEMPLATE / "README.ko.md").read_text(encoding="utf-8")}
+    for framework in ("pytorch", "tensorflow"):
+        project = bake(framework=framework, cuda_version="12.6" if framework == "pytorch" else "12.5",
+                       readme_language="ko").project_path  # fmt: skip
+        readmes[framework] = (project / "README.md").read_text(encoding="utf-8")
+    for which, text in readmes.items():
+        prose = re.sub(r"`[^`]*`", "", FENCE.sub("", text))  # a code span may wrap
+        for word, variants in template_rules.GLOSSARY.items():
+            found = [variant for variant in variants if variant in prose]
+            assert found == [], f"{which}: {found} where the glossary says {word}"

@@ -13,16 +13,20 @@ from __future__ import annotations
 # English, is the one beside the commands).
 SPOKEN = {"en": "en", "ko": "ko", "en+ko": "en"}
 
-# One Korean word per concept, used everywhere the project speaks Korean.
+# One Korean word per concept, used everywhere the project speaks Korean: the word, and
+# the variants it replaces (a test keeps them out of the Korean READMEs' prose). Requests
+# end in -세요, never -십시오.
 GLOSSARY = {
-    "checkpoint": "체크포인트",
-    "wheel": "휠",
-    "worker": "워커",
-    "machine / computer": "컴퓨터",
-    "resolve (a lock)": "해석하다",
-    "self-test": "자체 테스트",
-    "pause (make stop)": "멈추다 (docker pause의 '일시 정지'와 구별)",
+    "체크포인트": ("checkpoint",),
+    "휠": ("wheel",),
+    "워커": ("worker",),
+    "컴퓨터": ("머신",),
+    "해석하다 (a lock)": ("풀어내", "풀어낸", "풀어냅"),
+    "자체 테스트": ("자가 점검",),
+    "멈추다 (make stop; not 'docker pause')": ("일시 정지",),
+    "-세요": ("십시오",),
 }
+
 
 # The README's "your nvidia-smi shows ... -> choose ..." table (rules.host.build_guide).
 GUIDE = {
