@@ -214,6 +214,12 @@ def test_no_address_in_a_korean_readme_runs_on_into_hangul(bake):
     assert URL_INTO_HANGUL.findall((TEMPLATE / "README.ko.md").read_text(encoding="utf-8")) == []
 
 
+def user_shell() -> dict[str, str]:
+    """The environment of a user's shell: not that of `make test`, whose make would print
+    "Entering directory" lines in the make the test runs."""
+    return {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
+
 def older_python() -> str | None:
     """A real Python older than 3.11 on this machine (Ubuntu 22.04 ships 3.10): one pyenv
     installed, or one on PATH, that runs."""
@@ -239,7 +245,7 @@ def test_the_quick_start_on_an_older_python_says_in_one_line_how_to_get_a_newer_
         pytest.skip("no Python older than 3.11 here (python3.10 on PATH, or pyenv's)")
     shutil.copy(TEMPLATE / "Makefile", tmp_path / "Makefile")
     shutil.copy(TEMPLATE / "requirements-dev.txt", tmp_path / "requirements-dev.txt")
-    result = subprocess.run(["make", "project", f"PYTHON={python}"], cwd=tmp_path, capture_output=True, text=True,
+    result = subprocess.run(["make", "project", f"PYTHON={python}"], cwd=tmp_path, env=user_shell(), capture_output=True, text=True,
                             check=False)  # fmt: skip
     version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
@@ -304,13 +310,17 @@ def test_a_korean_project_speaks_korean_in_its_readme_next_steps_and_make_help(b
                 assert latin_prose(readme) == [], (framework, manager, cuda)
     assert "다음 단계:" in baked.output and "Next steps" not in baked.output
     assert latin_prose(baked.output.split("다음 단계:")[1].split("Jupyter:")[0]) == []
-    shown = subprocess.run(["make", "help"], cwd=baked.project_path, capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        ["make", "help"], cwd=baked.project_path, env=user_shell(), capture_output=True, text=True, check=True
+    ).stdout
     lines = shown.strip().splitlines()
     assert len(lines) == len(template_rules.MAKE_HELP["ko"])
     assert all(HANGUL.search(line) for line in lines) and latin_prose(shown) == []
     english = bake(readme_language="en+ko")
     assert "Next steps:" in english.output
-    shown = subprocess.run(["make", "help"], cwd=english.project_path, capture_output=True, text=True, check=True)
+    shown = subprocess.run(
+        ["make", "help"], cwd=english.project_path, env=user_shell(), capture_output=True, text=True, check=True
+    )
     assert "make up         Build if needed and start the environment in the background" in shown.stdout
     assert latin_prose((TEMPLATE / "README.ko.md").read_text(encoding="utf-8")) == []
 
