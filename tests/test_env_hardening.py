@@ -217,19 +217,16 @@ def test_make_jupyter_in_an_ssh_session_prints_the_tunnel_for_this_clones_port(p
     """On a lab server reached over SSH, Jupyter listens on the server's 127.0.0.1: `make
     jupyter` prints the `ssh -L` line for this clone's port (issue #27)."""
     port = env_values(project / ".env")["JUPYTER_HOST_PORT"]
+    shell = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     over_ssh = run(
-        ["make", "-s", "jupyter"], cwd=project, env={**os.environ, "SSH_CONNECTION": "10.0.0.9 51234 10.0.0.5 2222"}
+        ["make", "-s", "jupyter"], cwd=project, env={**shell, "SSH_CONNECTION": "10.0.0.9 51234 10.0.0.5 2222"}
     )
     assert over_ssh.returncode == 0, over_ssh.stderr
     [tunnel] = [line.strip() for line in over_ssh.stdout.splitlines() if line.strip().startswith("ssh ")]
     assert tunnel.startswith(f"ssh -N -L {port}:127.0.0.1:{port} -p 2222 ") and tunnel.endswith("@10.0.0.5")
-    on_22 = run(
-        ["make", "-s", "jupyter"], cwd=project, env={**os.environ, "SSH_CONNECTION": "10.0.0.9 51234 10.0.0.5 22"}
-    )
+    on_22 = run(["make", "-s", "jupyter"], cwd=project, env={**shell, "SSH_CONNECTION": "10.0.0.9 51234 10.0.0.5 22"})
     assert " -p " not in on_22.stdout and f"-L {port}:127.0.0.1:{port} " in on_22.stdout
-    local = run(
-        ["make", "-s", "jupyter"], cwd=project, env={k: v for k, v in os.environ.items() if k != "SSH_CONNECTION"}
-    )
+    local = run(["make", "-s", "jupyter"], cwd=project, env={k: v for k, v in shell.items() if k != "SSH_CONNECTION"})
     assert local.stdout.strip().splitlines() == [
         f"http://127.0.0.1:{port}/lab?token={env_values(project / '.env')['JUPYTER_TOKEN']}"
     ]
